@@ -1,0 +1,590 @@
+"""The screen store: one screen = one folder.
+
+::
+
+    <screen>/
+      screen.duckdb                      runs, plates, wells, sites, masks, cells, profiles, scores, ...
+      cells/<feature_set>/plate=<plate>/<well>_s<site>.parquet   per-cell features (large)
+      logs/
+
+DuckDB holds everything small enough to query interactively; per-cell feature vectors (1536-4608 floats
+per cell) live in Parquet partitioned by plate, one file per site, and are read back through DuckDB or
+Polars. Every write is atomic and idempotent:
+
+* DuckDB writes replace the rows of one key (a site, a plate, a feature set) inside one transaction, so
+  re-running a stage never duplicates rows and a process killed mid-write leaves the previous state.
+* Parquet files are written to a hidden temp file in the same folder and renamed into place; readers only
+  see complete files.
+
+Opening a store written by another schema version raises :class:`~subcell_screen.StoreVersionError`.
+
+Example queries (see also :data:`EXAMPLE_QUERIES`)::
+
+    with ScreenStore.open("screens/demo") as store:
+        store.sql("SELECT well, count(*) AS n_cells FROM cells WHERE plate = ? GROUP BY well ORDER BY well",
+                  ["P1"])
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import os
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ._errors import StoreError, StoreVersionError
+
+__all__ = ["ScreenStore", "SCHEMA_VERSION", "EXAMPLE_QUERIES", "encode_array", "decode_array"]
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever a table changes incompatibly.
+SCHEMA_VERSION = 1
+DB_NAME = "screen.duckdb"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR, command VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
+    package_version VARCHAR, config JSON, models JSON, parameters JSON, summary JSON, error VARCHAR);
+CREATE TABLE IF NOT EXISTS plates (
+    plate VARCHAR, layout VARCHAR, plate_format INTEGER, batch VARCHAR, cell_line VARCHAR,
+    timepoint VARCHAR, extra JSON);
+CREATE TABLE IF NOT EXISTS wells (
+    plate VARCHAR, well VARCHAR, perturbation_id VARCHAR, perturbation_name VARCHAR,
+    perturbation_type VARCHAR, control_type VARCHAR, concentration DOUBLE, concentration_unit VARCHAR,
+    target VARCHAR, moa VARCHAR, inchikey VARCHAR, protein VARCHAR, extra JSON);
+CREATE TABLE IF NOT EXISTS sites (
+    plate VARCHAR, well VARCHAR, site INTEGER, reader VARCHAR, channels JSON, pixel_size_um DOUBLE,
+    height INTEGER, width INTEGER, dtype VARCHAR, status VARCHAR, error VARCHAR, updated_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS site_stages (
+    plate VARCHAR, well VARCHAR, site INTEGER, stage VARCHAR, status VARCHAR, error VARCHAR,
+    n_cells INTEGER, run_id VARCHAR, seconds DOUBLE, updated_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS illumination (
+    plate VARCHAR, channel VARCHAR, height INTEGER, width INTEGER, data BLOB, recipe JSON);
+CREATE TABLE IF NOT EXISTS masks (
+    plate VARCHAR, well VARCHAR, site INTEGER, height INTEGER, width INTEGER, method VARCHAR,
+    nuclei BLOB, cells BLOB);
+CREATE TABLE IF NOT EXISTS feature_sets (
+    feature_set VARCHAR, kind VARCHAR, n_features INTEGER, feature_names JSON, model VARCHAR,
+    model_sha256 JSON, parameters JSON, created_at TIMESTAMP);
+"""
+
+#: Readable example SQL against a store (parameters as ``?``).
+EXAMPLE_QUERIES: Mapping[str, str] = {
+    "cells_per_well": "SELECT well, count(*) AS n_cells FROM cells WHERE plate = ? GROUP BY well ORDER BY well",
+    "failed_sites": "SELECT plate, well, site, error FROM sites WHERE status = 'failed' ORDER BY ALL",
+    "negcon_wells": "SELECT plate, well FROM wells WHERE control_type = 'negcon' ORDER BY ALL",
+    "runs": "SELECT run_id, command, status, started_at, finished_at FROM runs ORDER BY started_at",
+}
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """Serialise an array (dtype and shape kept) as zlib-compressed ``.npy`` bytes."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return zlib.compress(buf.getvalue(), 3)
+
+
+def decode_array(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_array`."""
+    return np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
+
+
+def _safe_name(value: object) -> str:
+    text = str(value)
+    bad = set('/\\:*?"<>|\0') | {os.sep}
+    if not text or text in {".", ".."} or any(c in bad for c in text):
+        raise StoreError(f"{value!r} cannot be used in a file name (plate, well and feature-set names must "
+                         "not contain / \\ : * ? \" < > |)")
+    return text
+
+
+class ScreenStore:
+    """A screen folder: ``screen.duckdb`` plus per-cell Parquet.
+
+    Use :meth:`create` or :meth:`open` (or the constructor), preferably as a context manager.
+
+    Parameters
+    ----------
+    path
+        Screen folder.
+    create
+        Create the folder and database if missing.
+    read_only
+        Open DuckDB read-only (many readers may share a store; only one process may write).
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = False, read_only: bool = False) -> None:
+        import duckdb
+
+        self.path = Path(path)
+        self.read_only = read_only
+        db = self.path / DB_NAME
+        if not db.exists():
+            if not create:
+                raise StoreError(f"{self.path}: no screen store here ({DB_NAME} not found); run a stage first "
+                                 "or create it with ScreenStore.create()")
+            if read_only:
+                raise StoreError(f"{self.path}: cannot create a store read-only")
+            self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(db), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"{db}: cannot open the screen database ({exc}). Another process may be writing "
+                             "to it; DuckDB allows one writer at a time.") from exc
+        try:
+            self._check_or_init_schema()
+        except Exception:
+            self.con.close()
+            raise
+        if not read_only:
+            self._remove_stale_temp_files()
+
+    # -- life cycle --------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path) -> ScreenStore:
+        """Open the store at ``path``, creating it if needed."""
+        return cls(path, create=True)
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False) -> ScreenStore:
+        """Open an existing store."""
+        return cls(path, read_only=read_only)
+
+    def close(self) -> None:
+        """Close the DuckDB connection (idempotent)."""
+        try:
+            self.con.close()
+        except Exception:  # noqa: BLE001 - closing twice is fine
+            pass
+
+    def __enter__(self) -> ScreenStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ScreenStore({str(self.path)!r})"
+
+    def _check_or_init_schema(self) -> None:
+        tables = {r[0] for r in self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+        if "meta" in tables:
+            rows = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+            row = rows[0] if rows else None
+            version = int(row[0]) if row else None
+            if version != SCHEMA_VERSION:
+                raise StoreVersionError(
+                    f"{self.path}: screen store has schema version {version}, this subcell_screen "
+                    f"({_package_version()}) reads version {SCHEMA_VERSION}. Use the matching subcell_screen "
+                    "version, or re-run the screen into a new folder.")
+            return
+        if self.read_only:
+            raise StoreError(f"{self.path}: {DB_NAME} is not a screen store (no meta table)")
+        if tables:
+            raise StoreError(f"{self.path}: {DB_NAME} holds tables {sorted(tables)} but is not a screen store")
+        self.con.execute("BEGIN TRANSACTION")
+        self.con.execute(_SCHEMA)
+        self.con.execute("INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?), "
+                         "('package_version', ?)", [str(SCHEMA_VERSION), _now().isoformat(), _package_version()])
+        self.con.execute("COMMIT")
+
+    def _remove_stale_temp_files(self) -> None:
+        cells = self.path / "cells"
+        if cells.is_dir():
+            for tmp in cells.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    # -- generic SQL ---------------------------------------------------------------------------------------
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """Run a query and return a Polars DataFrame."""
+        rel = self.con.sql(query, params=list(params) if params is not None else None)
+        if rel is None:  # a statement without a result
+            return pl.DataFrame()
+        return rel.pl()
+
+    def tables(self) -> list[str]:
+        """Names of tables and views in the store."""
+        return sorted(r[0] for r in self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall())
+
+    def has_table(self, name: str) -> bool:
+        """Whether a table or view exists."""
+        return name in self.tables()
+
+    def read_table(self, name: str, **where: Any) -> pl.DataFrame:
+        """All rows of ``name`` matching ``column=value`` filters (a list value means IN)."""
+        self._check_identifier(name)
+        clauses, params = self._where(where)
+        return self.sql(f'SELECT * FROM "{name}"{clauses}', params)
+
+    def replace_rows(self, table: str, df: pl.DataFrame, *, keys: Sequence[str] | Mapping[str, Any]) -> int:
+        """Atomically replace the rows of ``table`` that share ``df``'s key values, then insert ``df``.
+
+        Parameters
+        ----------
+        table
+            Target table; created from ``df``'s schema if missing.
+        df
+            New rows. Columns missing from ``df`` are filled with NULL; extra columns are an error.
+        keys
+            Either key column names (every distinct key combination present in ``df`` is deleted first),
+            or a ``{column: value}`` mapping naming exactly the rows to delete (use this when ``df`` may be
+            empty, e.g. a site with no cells).
+
+        Returns
+        -------
+        int
+            Rows inserted.
+        """
+        self._check_identifier(table)
+        self._require_writable()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            exists = self.has_table(table)
+            if not exists:
+                if df.width == 0:
+                    raise StoreError(f"cannot create table {table!r} from an empty frame with no columns")
+                self.con.register("_new_rows", df.to_arrow())
+                self.con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _new_rows LIMIT 0')
+                self.con.unregister("_new_rows")
+            cols = [r[0] for r in self.con.execute(f'DESCRIBE "{table}"').fetchall()]
+            extra = [c for c in df.columns if c not in cols]
+            if extra:
+                raise StoreError(f"table {table!r} has no column(s) {extra}; it has {cols}")
+            if isinstance(keys, Mapping):
+                clauses, params = self._where(dict(keys))
+                self.con.execute(f'DELETE FROM "{table}"{clauses}', params)
+            elif keys and df.height:
+                key_df = df.select(list(keys)).unique()
+                self.con.register("_keys", key_df.to_arrow())
+                cond = " AND ".join(f't."{k}" IS NOT DISTINCT FROM k."{k}"' for k in keys)
+                self.con.execute(f'DELETE FROM "{table}" t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {cond})')
+                self.con.unregister("_keys")
+            if df.height:
+                self.con.register("_new_rows", df.to_arrow())
+                col_list = ", ".join(f'"{c}"' for c in df.columns)
+                self.con.execute(f'INSERT INTO "{table}" ({col_list}) SELECT {col_list} FROM _new_rows')
+                self.con.unregister("_new_rows")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return df.height
+
+    def write_table(self, table: str, df: pl.DataFrame) -> int:
+        """Atomically replace the whole of ``table`` with ``df`` (schema taken from ``df``)."""
+        self._check_identifier(table)
+        self._require_writable()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.register("_new_rows", df.to_arrow())
+            self.con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM _new_rows')
+            self.con.unregister("_new_rows")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return df.height
+
+    def create_view(self, name: str, query: str) -> None:
+        """Create or replace a SQL view."""
+        self._check_identifier(name)
+        self._require_writable()
+        self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {query}')
+
+    # -- runs (provenance) ---------------------------------------------------------------------------------
+
+    def start_run(self, *, command: str, config: Mapping[str, Any] | None = None,
+                  models: Mapping[str, Any] | None = None, parameters: Mapping[str, Any] | None = None) -> str:
+        """Record the start of a run; returns its ``run_id``."""
+        run_id = _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.replace_rows("runs", pl.DataFrame({
+            "run_id": [run_id], "command": [command], "started_at": [_now()], "status": ["running"],
+            "package_version": [_package_version()], "config": [json.dumps(config or {}, default=str)],
+            "models": [json.dumps(models or {}, default=str)],
+            "parameters": [json.dumps(parameters or {}, default=str)],
+        }), keys=["run_id"])
+        return run_id
+
+    def finish_run(self, run_id: str, *, status: str = "ok", summary: Mapping[str, Any] | None = None,
+                   error: str | None = None, models: Mapping[str, Any] | None = None) -> None:
+        """Record the end of a run (``status``: ok, failed, interrupted)."""
+        self._require_writable()
+        sets = "finished_at = ?, status = ?, summary = ?, error = ?"
+        params: list[Any] = [_now(), status, json.dumps(summary or {}, default=str), error]
+        if models is not None:
+            sets += ", models = ?"
+            params.append(json.dumps(models, default=str))
+        self.con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*params, run_id])
+
+    # -- plates and wells ----------------------------------------------------------------------------------
+
+    def write_design(self, design: Any) -> None:
+        """Store a :class:`~subcell_screen.layouts.ScreenDesign` (plates and per-plate wells), replacing
+        the rows of its plates."""
+        from .layouts import STANDARD_COLUMNS
+
+        plates = design.plates
+        known = {"plate", "layout", "batch", "cell_line", "timepoint"}
+        extra_cols = [c for c in plates.columns if c not in known]
+        plate_rows = plates.select(
+            pl.col("plate"), pl.col("layout"), pl.lit(design.plate_format, dtype=pl.Int32).alias("plate_format"),
+            *[(pl.col(c) if c in plates.columns else pl.lit(None, dtype=pl.String)).alias(c)
+              for c in ("batch", "cell_line", "timepoint")],
+            (pl.struct(extra_cols).map_elements(lambda s: json.dumps(s), return_dtype=pl.String)
+             if extra_cols else pl.lit("{}")).alias("extra"),
+        )
+        wells = design.wells()
+        std = ["plate", *STANDARD_COLUMNS, "protein"]
+        w_extra = [c for c in wells.columns if c not in std and c not in plates.columns]
+        wells = wells.select(
+            *[(pl.col(c) if c in wells.columns else pl.lit(None, dtype=pl.String)).alias(c) for c in std],
+            (pl.struct(w_extra).map_elements(lambda s: json.dumps(s), return_dtype=pl.String)
+             if w_extra else pl.lit("{}")).alias("extra"),
+        )
+        self._require_writable()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table, frame in (("plates", plate_rows), ("wells", wells)):
+                self.con.register("_p", plates.select("plate").to_arrow())
+                self.con.execute(f"DELETE FROM {table} WHERE plate IN (SELECT plate FROM _p)")
+                self.con.unregister("_p")
+                self.con.register("_rows", frame.to_arrow())
+                cols = ", ".join(frame.columns)
+                self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _rows")
+                self.con.unregister("_rows")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def wells(self, *, plate: str | None = None, metadata: bool = False) -> pl.DataFrame:
+        """Wells joined with plate metadata; with ``metadata=True`` columns use the ``Metadata_`` prefix."""
+        q = ("SELECT w.* EXCLUDE (extra), p.layout, p.batch, p.cell_line, p.timepoint "
+             "FROM wells w LEFT JOIN plates p USING (plate)")
+        params: list[Any] = []
+        if plate is not None:
+            q += " WHERE w.plate = ?"
+            params.append(plate)
+        df = self.sql(q + " ORDER BY w.plate, w.well", params)
+        if metadata:
+            from .layouts import to_metadata
+
+            df = to_metadata(df)
+        return df
+
+    # -- sites ---------------------------------------------------------------------------------------------
+
+    def register_sites(self, sites: pl.DataFrame) -> None:
+        """Insert or update site records (``plate``, ``well``, ``site`` plus any of the ``sites`` columns).
+
+        Existing status of a site is kept unless ``sites`` provides one.
+        """
+        self._require_writable()
+        cols = [c for c in sites.columns if c in
+                ("plate", "well", "site", "reader", "channels", "pixel_size_um", "height", "width", "dtype",
+                 "status", "error")]
+        df = sites.select(cols)
+        if "channels" in df.columns and df.schema["channels"] != pl.String:
+            df = df.with_columns(pl.col("channels").map_elements(
+                lambda v: json.dumps(v if not hasattr(v, "to_list") else v.to_list(), default=str),
+                return_dtype=pl.String))
+        if "status" not in df.columns:
+            existing = self.sql("SELECT plate, well, site, status, error FROM sites")
+            df = df.join(existing, on=["plate", "well", "site"], how="left").with_columns(
+                pl.col("status").fill_null("pending"))
+        df = df.with_columns(pl.lit(_now()).alias("updated_at"))
+        self.replace_rows("sites", df, keys=["plate", "well", "site"])
+
+    def set_site_status(self, plate: str, well: str, site: int, *, stage: str, status: str,
+                        error: str | None = None, n_cells: int | None = None, run_id: str | None = None,
+                        seconds: float | None = None) -> None:
+        """Record the outcome of ``stage`` (e.g. ``segment``, ``embed``) for one site.
+
+        ``status`` is ``ok`` or ``failed``; a failed stage also marks the site failed with ``error``.
+        """
+        self._require_writable()
+        row = pl.DataFrame({"plate": [plate], "well": [well], "site": [int(site)], "stage": [stage],
+                            "status": [status], "error": [error], "n_cells": [n_cells], "run_id": [run_id],
+                            "seconds": [seconds], "updated_at": [_now()]},
+                           schema_overrides={"n_cells": pl.Int32, "site": pl.Int32, "error": pl.String,
+                                             "run_id": pl.String, "seconds": pl.Float64})
+        self.replace_rows("site_stages", row, keys=["plate", "well", "site", "stage"])
+        if status == "failed":
+            self.con.execute("UPDATE sites SET status = 'failed', error = ?, updated_at = ? "
+                             "WHERE plate = ? AND well = ? AND site = ?",
+                             [f"{stage}: {error}", _now(), plate, well, int(site)])
+
+    def sites_with_stage(self, stage: str, *, status: str = "ok", plate: str | None = None) -> set[tuple]:
+        """``{(plate, well, site)}`` whose ``stage`` finished with ``status``."""
+        q = "SELECT plate, well, site FROM site_stages WHERE stage = ? AND status = ?"
+        params: list[Any] = [stage, status]
+        if plate is not None:
+            q += " AND plate = ?"
+            params.append(plate)
+        return {tuple(r) for r in self.con.execute(q, params).fetchall()}
+
+    # -- arrays: masks and illumination --------------------------------------------------------------------
+
+    def write_masks(self, plate: str, well: str, site: int, *, nuclei: np.ndarray, cells: np.ndarray,
+                    method: str) -> None:
+        """Store a site's nucleus and cell label images (compressed), replacing earlier ones."""
+        if nuclei.shape != cells.shape or nuclei.ndim != 2:
+            raise ValueError(f"label images must be 2-D and of one shape, got {nuclei.shape} and {cells.shape}")
+        self.replace_rows("masks", pl.DataFrame({
+            "plate": [plate], "well": [well], "site": [int(site)], "height": [nuclei.shape[0]],
+            "width": [nuclei.shape[1]], "method": [method], "nuclei": [encode_array(nuclei)],
+            "cells": [encode_array(cells)]}, schema_overrides={"site": pl.Int32, "height": pl.Int32,
+                                                               "width": pl.Int32}),
+            keys=["plate", "well", "site"])
+
+    def read_masks(self, plate: str, well: str, site: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(nuclei, cells)`` label images of one site."""
+        rows = self.con.execute("SELECT nuclei, cells FROM masks WHERE plate = ? AND well = ? AND site = ?",
+                                [plate, well, int(site)]).fetchall()
+        row = rows[0] if rows else None
+        if row is None:
+            raise StoreError(f"no masks stored for plate {plate!r}, well {well!r}, site {site}")
+        return decode_array(row[0]), decode_array(row[1])
+
+    def write_illumination(self, plate: str, functions: Mapping[str, np.ndarray], *,
+                           recipe: Mapping[str, Any]) -> None:
+        """Store per-channel illumination functions of one plate (replacing the plate's earlier ones)."""
+        rows = [{"plate": plate, "channel": ch, "height": int(a.shape[0]), "width": int(a.shape[1]),
+                 "data": encode_array(np.asarray(a, dtype=np.float32)), "recipe": json.dumps(dict(recipe))}
+                for ch, a in functions.items()]
+        self.replace_rows("illumination", pl.DataFrame(rows, schema_overrides={
+            "height": pl.Int32, "width": pl.Int32, "data": pl.Binary}), keys={"plate": plate})
+
+    def read_illumination(self, plate: str) -> dict[str, np.ndarray]:
+        """Channel -> illumination function of one plate (empty dict if none stored)."""
+        rows = self.con.execute("SELECT channel, data FROM illumination WHERE plate = ?", [plate]).fetchall()
+        return {ch: decode_array(blob) for ch, blob in rows}
+
+    # -- per-cell features (Parquet) -----------------------------------------------------------------------
+
+    def register_feature_set(self, feature_set: str, *, kind: str, feature_names: Sequence[str],
+                             model: str | None = None, model_sha256: Mapping[str, str] | None = None,
+                             parameters: Mapping[str, Any] | None = None) -> None:
+        """Describe a feature set (``kind``: ``subcell`` or ``classical``) and its column names."""
+        _safe_name(feature_set)
+        self.replace_rows("feature_sets", pl.DataFrame({
+            "feature_set": [feature_set], "kind": [kind], "n_features": [len(feature_names)],
+            "feature_names": [json.dumps(list(feature_names))], "model": [model],
+            "model_sha256": [json.dumps(dict(model_sha256 or {}))],
+            "parameters": [json.dumps(dict(parameters or {}), default=str)], "created_at": [_now()]},
+            schema_overrides={"n_features": pl.Int32, "model": pl.String}), keys=["feature_set"])
+
+    def feature_set(self, feature_set: str) -> dict[str, Any]:
+        """The record of a feature set, with ``feature_names`` as a list."""
+        df = self.read_table("feature_sets", feature_set=feature_set)
+        if df.height == 0:
+            known = self.sql("SELECT feature_set FROM feature_sets")["feature_set"].to_list()
+            raise StoreError(f"unknown feature set {feature_set!r}; the store has {known or 'none'}")
+        rec = df.row(0, named=True)
+        rec["feature_names"] = json.loads(rec["feature_names"])
+        return rec
+
+    def cells_dir(self, feature_set: str, plate: str | None = None) -> Path:
+        """Folder of a feature set's Parquet files (of one plate if given)."""
+        base = self.path / "cells" / _safe_name(feature_set)
+        return base / f"plate={_safe_name(plate)}" if plate is not None else base
+
+    def write_cell_features(self, feature_set: str, df: pl.DataFrame, *, plate: str, well: str,
+                            site: int) -> Path:
+        """Atomically write one site's per-cell rows (replacing any earlier file for that site).
+
+        ``df`` holds key columns (``plate``, ``well``, ``site``, ``cell_id``) and feature columns, typically
+        a fixed-width ``features`` array plus optional ``probabilities``. An empty frame is written too, so
+        that "this site has no cells" is recorded.
+        """
+        folder = self.cells_dir(feature_set, plate)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{_safe_name(well)}_s{int(site)}.parquet"
+        tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final
+
+    def cell_feature_files(self, feature_set: str, *, plate: str | None = None) -> list[Path]:
+        """Complete Parquet files of a feature set (temp files excluded)."""
+        base = self.cells_dir(feature_set, plate)
+        if not base.exists():
+            return []
+        return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith("."))
+
+    def scan_cell_features(self, feature_set: str, *, plate: str | None = None) -> pl.LazyFrame:
+        """Lazy frame over a feature set's per-cell rows (all plates, or one)."""
+        files = self.cell_feature_files(feature_set, plate=plate)
+        if not files:
+            raise StoreError(f"no per-cell data for feature set {feature_set!r}"
+                             + (f" on plate {plate!r}" if plate else "") + f" under {self.cells_dir(feature_set)}")
+        nonempty = [f for f in files if pl.read_parquet_schema(f)] or files
+        return pl.scan_parquet(nonempty, hive_partitioning=False)
+
+    def read_cell_features(self, feature_set: str, *, plate: str | None = None,
+                           columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """Per-cell rows of a feature set as a DataFrame."""
+        lf = self.scan_cell_features(feature_set, plate=plate)
+        if columns is not None:
+            lf = lf.select(list(columns))
+        return lf.collect()
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path}: store opened read-only")
+
+    @staticmethod
+    def _check_identifier(name: str) -> None:
+        if not name.replace("_", "").isalnum():
+            raise StoreError(f"invalid table name {name!r}")
+
+    @staticmethod
+    def _where(where: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        if not where:
+            return "", []
+        parts, params = [], []
+        for col, val in where.items():
+            ScreenStore._check_identifier(col)
+            if isinstance(val, list | tuple | set):
+                vals = list(val)
+                parts.append(f'"{col}" IN ({", ".join("?" for _ in vals)})' if vals else "FALSE")
+                params.extend(vals)
+            elif val is None:
+                parts.append(f'"{col}" IS NULL')
+            else:
+                parts.append(f'"{col}" = ?')
+                params.append(val)
+        return " WHERE " + " AND ".join(parts), params
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
