@@ -1,21 +1,65 @@
-"""Plate images in: readers that turn an acquisition folder into a site index, and lazy site loading.
+"""Plate images in: readers that turn an acquisition folder into a site index, lazy site loading,
+illumination correction and per-site failure isolation.
 
 Public API
 ----------
-read_plate(path, *, reader=None, ...) -> SiteIndex
-load_site(record, ...) -> SiteImage
+read_plate(path, *, reader=None, channel_names=None, pixel_size_um=None) -> SiteIndex
+    Readers: ``loaddata``, ``phenix``, ``ometiff``, ``imagexpress``, ``hpa`` (see :func:`list_readers`).
+load_site(record, *, illumination=None, channels=None) -> SiteImage
+probe_site(record) -> ((C, H, W), dtype)
+iter_sites(records, *, illumination=None, prefetch=None, workers=None) -> iterator of (record, image or error)
+check_sites(index, *, store=None, decode=False) -> SiteCheckReport
+compute_illumination(index, *, plate, ...) -> IlluminationFunctions;  apply_illumination(site, functions)
+
+Errors: :class:`ReaderError` (no reader matched), :class:`SiteLoadError` (one site failed),
+:class:`PlateUnreadableError` (no site of a plate could be loaded).
 """
 
 from __future__ import annotations
 
+from ._errors import PlateUnreadableError, ReaderError, SiteLoadError
 from ._types import SiteImage, SiteIndex, SiteRecord
 
-__all__ = ["SiteRecord", "SiteImage", "SiteIndex", "read_plate", "load_site"]
+__all__ = [
+    "SiteRecord",
+    "SiteImage",
+    "SiteIndex",
+    "read_plate",
+    "load_site",
+    "list_readers",
+    "probe_site",
+    "iter_sites",
+    "check_sites",
+    "SiteCheckReport",
+    "compute_illumination",
+    "apply_illumination",
+    "IlluminationFunctions",
+    "ReaderError",
+    "SiteLoadError",
+    "PlateUnreadableError",
+]
+
+_LAZY = {
+    "read_plate": "._readers",
+    "list_readers": "._readers",
+    "load_site": "._load",
+    "probe_site": "._load",
+    "iter_sites": "._load",
+    "check_sites": "._load",
+    "SiteCheckReport": "._load",
+    "compute_illumination": ".illumination",
+    "apply_illumination": ".illumination",
+    "IlluminationFunctions": ".illumination",
+}
 
 
-def __getattr__(name: str):  # filled in by the readers module
-    if name in ("read_plate", "load_site", "list_readers"):
-        from . import _readers
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
 
-        return getattr(_readers, name)
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
