@@ -1,0 +1,184 @@
+"""Tests for subcell_screen.report.plots and the report's image and HTML helpers (fast, no store)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import polars as pl
+import pytest
+
+from subcell_screen.report import plots
+from subcell_screen.report._html import format_value
+from subcell_screen.report._images import (
+    composite,
+    crop_around,
+    default_colors,
+    draw_outlines,
+    read_site_channels,
+)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Plot functions must not write files: run every test in an empty folder and check it stays empty."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    assert os.listdir(cwd) == []
+
+
+def test_plate_heatmap_places_values_in_plate_layout():
+    df = pl.DataFrame({"plate": ["P1", "P1", "P1", "P2"], "well": ["B03", "P24", "A01", "A01"],
+                       "n_cells": [17, 3, None, 5], "failed": [False, True, False, False]})
+    fig = plots.plate_heatmap(df, plate_format=384, marks="failed", label="cells")
+    image_axes = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert [ax.get_title() for ax in image_axes] == ["P1 (384-well)", "P2 (384-well)"]
+    grid = image_axes[0].images[0].get_array()
+    assert grid.shape == (16, 24)
+    assert grid[1, 2] == 17 and grid[15, 23] == 3
+    assert grid.mask[0, 0] and grid.mask.sum() == 16 * 24 - 2  # null and absent wells stay blank
+    assert image_axes[1].images[0].get_array()[0, 0] == 5
+    marks = image_axes[0].collections[0].get_offsets()
+    assert marks.tolist() == [[23.0, 15.0]]  # the failed well (x = column, y = row)
+    assert image_axes[0].images[0].get_clim() == (3.0, 17.0)  # one colour scale over both plates
+    # format inferred from the wells; bad formats are named
+    assert plots.plate_heatmap(pl.DataFrame({"well": ["AF48"], "n": [1]}), value="n").axes[0].images[0] \
+        .get_array().shape == (32, 48)
+    assert plots.plate_heatmap(pl.DataFrame({"well": ["H12"], "n": [1]}), value="n").axes[0].images[0] \
+        .get_array().shape == (8, 12)
+    with pytest.raises(ValueError, match="unknown plate format 100"):
+        plots.plate_heatmap(df, plate_format=100)
+    with pytest.raises(ValueError, match="no column.*n_cells"):
+        plots.plate_heatmap(pl.DataFrame({"well": ["A01"]}))
+
+
+def test_dose_response_curve_passes_half_way_at_ec50():
+    from subcell_screen.simulate import four_parameter_logistic
+
+    conc = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
+    act = four_parameter_logistic(np.log10(conc), bottom=1.0, top=9.0, log10_ec50=0.3, hill=1.2)
+    points = pl.DataFrame({"perturbation_id": ["a"] * 5 + ["b"] * 2, "concentration": [*conc, 1.0, 10.0],
+                           "activity": [*act, 0.1, 0.2]})
+    fits = pl.DataFrame({"perturbation_id": ["a", "b"], "status": ["fit", "no fit"], "ec50": [10**0.3, None],
+                         "hill": [1.2, None], "bottom": [1.0, None], "top": [9.0, None],
+                         "reason": [None, "flat response"]})
+    fig = plots.dose_response_curves(points, fits=fits, unit="µM")
+    ax_a, ax_b = fig.axes[:2]
+    curve = [ln for ln in ax_a.get_lines() if len(ln.get_xdata()) > 2][0]
+    xs, ys = np.asarray(curve.get_xdata()), np.asarray(curve.get_ydata())
+    assert np.interp(0.3, np.log10(xs), ys) == pytest.approx(5.0, abs=1e-3)
+    assert "EC50 = 1.995 µM" in ax_a.get_title()
+    assert "no fit: flat response" in ax_b.get_title()
+    assert not [ln for ln in ax_b.get_lines() if len(ln.get_xdata()) > 2]
+    assert ax_a.get_xlabel() == "concentration (µM)" and ax_a.get_xscale() == "log"
+
+
+def test_hit_ranking_highlights_hits_and_labels_top():
+    df = pl.DataFrame({"perturbation_id": ["a", "b", "c", "d"], "mean_average_precision": [0.9, 0.8, 0.2, 0.1],
+                       "corrected_p_value": [0.001, 0.01, 0.5, 0.9], "is_hit": [True, True, False, False],
+                       "cytotoxic": [False, True, False, False], "rank": [1, 2, 3, 4]})
+    fig = plots.hit_ranking(df, label_top=2)
+    ax = fig.axes[0]
+    sizes = {c.get_label(): len(c.get_offsets()) for c in ax.collections}
+    assert sizes == {"not a hit": 2, "hit": 1, "hit, cytotoxic": 1}
+    assert [t.get_text() for t in ax.texts] == ["a", "b"]
+    hit = [c for c in ax.collections if c.get_label() == "hit"][0].get_offsets()[0]
+    assert hit[0] == pytest.approx(0.9) and hit[1] == pytest.approx(3.0)  # -log10(0.001)
+
+
+def test_scatter_and_histogram_plots():
+    coords = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    fig = plots.embedding_scatter(coords, groups=["negcon", None, "negcon"], axis_labels=("PC1 (50%)", "PC2"))
+    labels = sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert labels == ["negcon (2)", "treatment (1)"]
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        plots.embedding_scatter(coords[:, :1], groups=["a", "b", "c"])
+    readouts = pl.DataFrame({"plate": ["P1"] * 4, "control_type": ["negcon", "negcon", "poscon", "poscon"],
+                             "profile_distance": [1.0, 1.2, 5.0, 5.5]})
+    fig = plots.control_separation(readouts, zprime={"P1": 0.42})
+    assert [t.get_text() for t in fig.axes[0].texts] == ["Z′ = 0.42"]
+    fig = plots.replicate_correlation([0.8, 0.9], [0.0, 0.1, -0.1], threshold=0.09)
+    assert fig.axes[0].get_lines()[0].get_xdata()[0] == pytest.approx(0.09)
+    reloc = pl.DataFrame({"protein": ["HDAC8", "TP53"], "perturbation_id": ["x", "y"], "from_class": ["Cytosol"] * 2,
+                          "to_class": ["Nucleoplasm", "Mitochondria"], "effect_size": [2.0, 0.5],
+                          "q_value": [0.01, 0.2]})
+    fig = plots.relocalization_bars(reloc)
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "HDAC8 | x: Cytosol → Nucleoplasm" in ticks
+    qc = pl.DataFrame({"channel": ["a", "a", "b"], "mean": [1.0, 2.0, 3.0], "focus": [0.1, 0.2, 0.3]})
+    fig = plots.channel_metrics(qc, metrics=("mean", "focus"))
+    assert [ax.get_title() for ax in fig.axes] == ["mean", "focus"]
+
+
+def test_cell_gallery_mosaic():
+    a = np.zeros((8, 8, 3), np.float32)
+    a[..., 0] = 1.0  # red crop
+    b = np.zeros((8, 8, 3), np.float32)
+    b[..., 2] = 1.0  # blue crop
+    fig = plots.cell_gallery([[a, a], [a]], control=[[b], [b, b]], row_labels=["hit 1", "hit 2"], gap=2)
+    mosaic = fig.axes[0].images[0].get_array()
+    step = 10
+    assert mosaic.shape == (2 * step, 2 * step + 6 + 2 * step, 3)
+    assert mosaic[0, 0].tolist() == [1, 0, 0] and mosaic[step, step].tolist() == [1, 1, 1]  # 2nd row, 1 crop
+    assert mosaic[0, 2 * step + 6].tolist() == [0, 0, 1]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["hit 1", "hit 2"]
+    with pytest.raises(ValueError, match="one size"):
+        plots.cell_gallery([[a, np.zeros((4, 4, 3))]])
+    assert plots.cell_gallery([]).axes[0].texts[0].get_text() == "no cells to show"
+
+
+def test_segmentation_overlay_outlines():
+    labels = np.zeros((20, 20), np.int32)
+    labels[5:15, 5:15] = 1
+    image = np.full((20, 20), 0.5, np.float32)
+    fig = plots.segmentation_overlays([image], cells=[labels], titles=["s1"])
+    shown = fig.axes[0].images[0].get_array()
+    assert shown[5, 5].tolist() == [1.0, 1.0, 1.0] and shown[10, 10].tolist() == [0.0, 0.0, 0.0]
+    assert shown[0, 0].tolist() == [0.0, 0.0, 0.0]  # grey image min-max scaled (constant -> 0)
+    big = np.zeros((2000, 2000), np.int32)
+    big[500:1500, 500:1500] = 1
+    thick = draw_outlines(np.zeros((2000, 2000, 3)), big, thickness=3)
+    assert thick[500:503, 1000].tolist() == [[1, 1, 1]] * 3 and thick[503, 1000].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="labels are"):
+        plots.segmentation_overlays([image], cells=[labels[:10]])
+
+
+def test_composite_colors_and_crops():
+    hpa = default_colors(["microtubules", "er", "nucleus", "protein"])
+    assert hpa == {"microtubules": (1.0, 0.0, 0.0), "er": (1.0, 1.0, 0.0), "nucleus": (0.0, 0.35, 1.0),
+                   "protein": (0.0, 1.0, 0.0)}
+    cp = default_colors(["DNA", "ER", "RNA", "AGP", "Mito"])
+    assert cp["DNA"] == (0.0, 0.35, 1.0) and len(cp) == 4 and len(set(cp.values())) == 4
+    img = {"nucleus": np.array([[0, 50], [100, 200]], np.uint16)}
+    rgb = composite(img, limits={"nucleus": (0.0, 100.0)})
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.float32
+    assert rgb[1, 0].tolist() == pytest.approx([0.0, 0.35, 1.0]) and rgb[0, 1].tolist() == pytest.approx(
+        [0.0, 0.175, 0.5])
+    assert rgb[1, 1].tolist() == pytest.approx([0.0, 0.35, 1.0])  # clipped at the upper limit
+    a = np.arange(16).reshape(4, 4)
+    c = crop_around(a, center=(0, 0), size=4)
+    assert c.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 4, 5]]
+    assert crop_around(a, center=(2, 2), size=2).tolist() == [[5, 6], [9, 10]]
+
+
+def test_read_site_channels_planes_and_errors(tmp_path):
+    import tifffile
+
+    stack = np.stack([np.full((6, 7), i, np.uint16) for i in range(3)])
+    tifffile.imwrite(tmp_path / "site.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "site_a.tif", np.full((6, 7), 9, np.uint16))
+    got = read_site_channels({"x": "site.tif#2", "y": str(tmp_path / "site_a.tif")}, plate="P", well="A01", site=1,
+                             base=tmp_path)
+    assert got["x"].shape == (6, 7) and int(got["x"][0, 0]) == 2 and int(got["y"][0, 0]) == 9
+    with pytest.raises(Exception, match=r"site P/A01/1, channel 'z'.*missing\.tif"):
+        read_site_channels('{"z": "missing.tif"}', plate="P", well="A01", site=1, base=tmp_path)
+
+
+def test_format_value():
+    assert format_value(None) == "—" and format_value(True) == "yes" and format_value(12) == "12"
+    assert format_value(0.123456) == "0.1235" and format_value(1234.5) == "1234"
+    assert format_value(0.00012, column="corrected_p_value") == "1.20e-04"
+    assert format_value(0.00012, column="effect_size") == "1.200e-04"
+    assert format_value(float("nan")) == "—" and format_value(["a", None]) == "a, —"
