@@ -12,7 +12,7 @@ Examples
 >>> from subcell_screen.simulate import simulate_well_profiles
 >>> sim = simulate_well_profiles(n_plates=2, n_features=16, seed=0)
 >>> sim.profiles.height, sim.answer_key.filter(sim.answer_key["is_active"]).height > 0
-(768, True)
+(320, True)
 """
 
 from __future__ import annotations
