@@ -132,6 +132,11 @@ class EmbeddingSection(_Section):
     store_dtype: Literal["float32", "float16"] = "float32"
     allow_fallback: bool = Field(
         default=False, description="Use classical features when SubCell weights are missing.")
+    classical_families: list[Literal["shape", "intensity", "texture", "correlation", "radial"]] = Field(
+        default_factory=lambda: ["shape", "intensity", "texture", "correlation", "radial"],
+        description="Feature families of the classical featurizer.")
+    classical_zernike_degree: int = Field(default=9, ge=-1, le=20,
+                                          description="Highest Zernike degree (-1: none).")
 
 
 class ProfilesSection(_Section):

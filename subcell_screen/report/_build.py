@@ -302,6 +302,8 @@ def _matrix(features: pl.Series) -> np.ndarray:
     """``(n, d)`` float64 matrix of a list column of equal-length profiles (``(0, 0)`` when empty)."""
     if features.len() == 0:
         return np.zeros((0, 0))
+    if isinstance(features.dtype, pl.Array):  # DuckDB may hand equal-length lists back as fixed-size arrays
+        return features.to_numpy().astype(np.float64).reshape(features.len(), features.dtype.size)
     lengths = features.list.len().unique().to_list()
     if len(lengths) != 1:
         raise ValueError(f"well profiles have different lengths {sorted(lengths)}")

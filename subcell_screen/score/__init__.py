@@ -1,0 +1,59 @@
+"""Scoring: what analysts rank hits by.
+
+* :func:`average_precision`, :func:`multilabel_average_precision`, :func:`mean_average_precision` — copairs 0.5
+  pair semantics, AP to ~1e-15 and p-values *equal* to copairs' for the same seed, but streamed in blocks (never
+  listing pairs) on numpy or torch (CUDA when present).
+* Presets: :func:`phenotypic_activity`, :func:`replicate_retrieval`, :func:`phenotypic_consistency`,
+  :func:`fraction_retrieved`, :func:`assign_reference_index`.
+* Effect sizes and hits: :func:`effect_sizes`, :func:`cell_count_fraction`, :func:`hit_table`.
+* Dose response: :func:`fit_dose_response`, :func:`dose_response`.
+* Protein relocalization (HPA-style screens): :func:`relocalization`, :data:`LOCALIZATION_CLASSES`.
+"""
+
+from __future__ import annotations
+
+from ._dose import DoseFit, DoseResponseResult, dose_response, fit_dose_response, logistic4
+from ._hits import cell_count_fraction, effect_sizes, hit_table
+from ._map import (
+                   UnpairedException,
+                   average_precision,
+                   fraction_retrieved,
+                   mean_average_precision,
+                   multilabel_average_precision,
+)
+from ._presets import (
+                   DEFAULT_NEGCON,
+                   RetrievalResult,
+                   assign_reference_index,
+                   consensus_profiles,
+                   phenotypic_activity,
+                   phenotypic_consistency,
+                   replicate_retrieval,
+)
+from ._reloc import LOCALIZATION_CLASSES, RelocalizationResult, relocalization
+
+__all__ = [
+    "average_precision",
+    "multilabel_average_precision",
+    "mean_average_precision",
+    "fraction_retrieved",
+    "UnpairedException",
+    "assign_reference_index",
+    "phenotypic_activity",
+    "replicate_retrieval",
+    "phenotypic_consistency",
+    "consensus_profiles",
+    "RetrievalResult",
+    "DEFAULT_NEGCON",
+    "effect_sizes",
+    "cell_count_fraction",
+    "hit_table",
+    "fit_dose_response",
+    "dose_response",
+    "logistic4",
+    "DoseFit",
+    "DoseResponseResult",
+    "relocalization",
+    "RelocalizationResult",
+    "LOCALIZATION_CLASSES",
+]
