@@ -1,0 +1,189 @@
+"""Segmentation accuracy on real hand-labelled nuclei, and cell counts against CellProfiler.
+
+Prints, per image, F1 at IoU 0.5 and the mean IoU of matched pairs for the classical segmenter (and for
+Cellpose when its weights are present locally), then the nucleus / cell counts of CellProfiler's
+ExampleHuman image and of a pediatric Cell Painting site next to CellProfiler's own segmentation.
+
+Data (tests/data, see tests/data/README.md):
+- BBBC039 (U2OS, Hoechst, ImageXpress 20x; the BBBC022 acquisition, 0.656 µm/px assumed), 4 fields with
+  hand-drawn instance masks.
+- DSB2018 sample from StarDist (fluorescence nuclei, pixel size not published; 0.5 µm/px assumed, which
+  makes its nuclei ~12 µm across).
+- CellProfiler ExampleHuman (HT29; pixel size not published; 0.8 µm/px assumed: its nuclei have a median
+  equivalent diameter of 12 px, ~10 µm at 0.8 µm/px, typical of HT29). CellProfiler 4.0.6 found 289 nuclei
+  (objects touching the border discarded), compared with our nuclei that do not touch the border.
+- Pediatric cancer atlas Cell Painting site (Opera Phenix 20x, 0.598 µm/px; DNA = ch5, AGP = ch3).
+  CellProfiler's objects are counted from its outline overlays (interiors of the closed outlines of at
+  least 50 px; for cells, those holding a nucleus). CellProfiler discarded objects touching the border
+  (37 nuclei; 29 cells, as cells of 8 nuclei reached the border), so ours are counted without border
+  objects too.
+
+Usage::
+
+    python benchmarks/segmentation_accuracy.py [--cellpose-weights PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+sys.path.insert(0, str(REPO))
+
+from subcell_screen.segment import (  # noqa: E402
+    CellposeWeightsError,
+    load_cellpose,
+    match_labels,
+    segment_cells,
+    segment_nuclei,
+)
+
+BBBC039_PIXEL_UM = 0.656
+DSB_PIXEL_UM = 0.5
+EXAMPLEHUMAN_PIXEL_UM = 0.8
+PEDIATRIC_PIXEL_UM = 0.598
+EXAMPLEHUMAN_CP_NUCLEI = 289
+
+
+def bbbc039_masks(path: Path) -> np.ndarray:
+    """Instance labels of a BBBC039 mask PNG: connected components of R == k, k = 1..3."""
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    red = np.asarray(Image.open(path))[..., 0]
+    labels = np.zeros(red.shape, np.int32)
+    n = 0
+    for k in (1, 2, 3):
+        lab, nk = ndi.label(red == k)
+        labels[lab > 0] = lab[lab > 0] + n
+        n += nk
+    return labels
+
+
+def ground_truth_sets() -> list[tuple[str, np.ndarray, np.ndarray, float]]:
+    """(name, image, labels, assumed pixel size µm) of every hand-labelled image."""
+    out = []
+    for img_path in sorted((DATA / "bbbc039" / "images").glob("*.tif")):
+        mask_path = DATA / "bbbc039" / "masks" / (img_path.stem + ".png")
+        out.append((f"bbbc039 {img_path.stem[:13]}", tifffile.imread(img_path), bbbc039_masks(mask_path),
+                    BBBC039_PIXEL_UM))
+    out.append(("dsb2018 img2d", tifffile.imread(DATA / "dsb2018" / "img2d.tif"),
+                tifffile.imread(DATA / "dsb2018" / "mask2d.tif").astype(np.int32), DSB_PIXEL_UM))
+    return out
+
+
+def drop_border(labels: np.ndarray) -> np.ndarray:
+    """Labels with every object touching the image border removed."""
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.where(np.isin(labels, edge[edge > 0]), 0, labels)
+
+
+def count(labels: np.ndarray) -> int:
+    ids = np.unique(labels)
+    return int((ids > 0).sum())
+
+
+def cellprofiler_outline_labels(path: Path, *, min_area: int = 50, nuclei: np.ndarray | None = None) -> np.ndarray:
+    """Objects of a CellProfiler outline overlay: interiors of closed outlines (>= min_area px), grown by
+    1.5 px to cover the outline pixels. With ``nuclei``, only interiors holding a nucleus centroid are kept
+    (drops the slivers enclosed between neighbouring cells' outlines)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import expand_labels
+
+    outline = tifffile.imread(path).max(axis=-1) > 0
+    interior = ndi.binary_fill_holes(outline) & ~outline
+    lab, _ = ndi.label(interior)
+    area = np.bincount(lab.ravel())
+    lab = np.where(area[lab] >= min_area, lab, 0)
+    if nuclei is not None:
+        ids = np.unique(nuclei)[1:]
+        cents = np.rint(np.array(ndi.center_of_mass(nuclei > 0, nuclei, ids))).astype(int).reshape(-1, 2)
+        keep = np.zeros(lab.max() + 1, bool)
+        keep[lab[cents[:, 0], cents[:, 1]]] = True
+        keep[0] = False
+        lab = np.where(keep[lab], lab, 0)
+    return expand_labels(lab, 1.5)
+
+
+def accuracy(method: str, model=None) -> list[dict]:
+    rows = []
+    for name, image, truth, px in ground_truth_sets():
+        t0 = time.perf_counter()
+        pred = segment_nuclei(image, pixel_size_um=px, method=method, model=model)
+        dt = time.perf_counter() - t0
+        r = match_labels(pred, truth, iou_threshold=0.5)
+        rows.append({"name": name, **r.to_dict(), "seconds": dt})
+    return rows
+
+
+def print_accuracy(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}: nuclei, F1 at IoU 0.5 and mean IoU of matched pairs")
+    print(f"{'image':24s} {'F1@0.5':>7s} {'mIoU':>6s} {'prec':>6s} {'recall':>6s} {'pred/true':>10s} {'s':>6s}")
+    for r in rows:
+        print(f"{r['name']:24s} {r['f1']:7.3f} {r['mean_matched_iou']:6.3f} {r['precision']:6.3f} "
+              f"{r['recall']:6.3f} {r['n_pred']:>4d}/{r['n_true']:<5d} {r['seconds']:6.2f}")
+    tp = sum(r["tp"] for r in rows)
+    n_pred = sum(r["n_pred"] for r in rows)
+    n_true = sum(r["n_true"] for r in rows)
+    print(f"{'pooled (all objects)':24s} {2 * tp / (n_pred + n_true):7.3f}   mean of per-image F1 "
+          f"{np.mean([r['f1'] for r in rows]):.3f}, mean per-image mIoU "
+          f"{np.mean([r['mean_matched_iou'] for r in rows]):.3f}")
+
+
+def counts_vs_cellprofiler(method: str = "classical", model=None) -> list[dict]:
+    rows = []
+    eh = DATA / "examplehuman"
+    dna = tifffile.imread(eh / "AS_09125_050116030001_D03f00d0.tif")
+    body = tifffile.imread(eh / "AS_09125_050116030001_D03f00d2.tif")
+    nuclei, cells = segment_cells(dna, body, pixel_size_um=EXAMPLEHUMAN_PIXEL_UM, method=method, model=model)
+    n = count(drop_border(nuclei))
+    rows.append({"image": "ExampleHuman nuclei", "ours": n, "cellprofiler": EXAMPLEHUMAN_CP_NUCLEI})
+    ped = DATA / "cellpainting" / "pediatric_site_full"
+    dna = tifffile.imread(ped / "r03c03f03p01-ch5sk1fk1fl1.tiff")
+    agp = tifffile.imread(ped / "r03c03f03p01-ch3sk1fk1fl1.tiff")
+    nuclei, cells = segment_cells(dna, agp, pixel_size_um=PEDIATRIC_PIXEL_UM, method=method, model=model)
+    cp_nuc = cellprofiler_outline_labels(ped / "NucleiOutlines_BR00143976_C03_3.tiff")
+    cp_cells = cellprofiler_outline_labels(ped / "CellsOutlines_BR00143976_C03_3.tiff", nuclei=cp_nuc)
+    for what, ours, ref in (("nuclei", nuclei, cp_nuc), ("cells", cells, cp_cells)):
+        ours_nb = drop_border(ours)
+        agree = match_labels(ours_nb, ref)
+        rows.append({"image": f"pediatric site {what}", "ours": count(ours_nb), "cellprofiler": count(ref),
+                     "agreement_f1": agree.f1, "agreement_miou": agree.mean_matched_iou})
+    return rows
+
+
+def print_counts(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}: counts (objects not touching the border) vs CellProfiler")
+    for r in rows:
+        extra = (f"  matched to CellProfiler's objects: F1@0.5 {r['agreement_f1']:.3f}, mIoU "
+                 f"{r['agreement_miou']:.3f}" if "agreement_f1" in r else "")
+        print(f"{r['image']:26s} ours {r['ours']:4d}  CellProfiler {r['cellprofiler']:4d}  ratio "
+              f"{r['ours'] / r['cellprofiler']:.3f}{extra}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cellpose-weights", default="cpsam",
+                    help="Cellpose model name in the local cache, or a weights path (default: cpsam)")
+    args = ap.parse_args(argv)
+    print_accuracy("classical segmenter", accuracy("classical"))
+    print_counts("classical segmenter", counts_vs_cellprofiler("classical"))
+    try:
+        model = load_cellpose(args.cellpose_weights)
+    except CellposeWeightsError as exc:
+        print(f"\nCellpose: skipped, weights not present locally ({str(exc).splitlines()[0]})")
+        return
+    print(f"\nCellpose: {model!r}")
+    print_accuracy("Cellpose", accuracy("cellpose", model))
+    print_counts("Cellpose", counts_vs_cellprofiler("cellpose", model))
+
+
+if __name__ == "__main__":
+    main()
