@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from subcell_screen.segment import cells_table, segment_cells  # noqa: E402
 
-SITE = REPO / "tests" / "data" / "cellpainting" / "pediatric_site_full"
+# SUBCELL_SCREEN_SITE_DIR: an uncompressed copy of the site for machines without the zstd codec
+SITE = Path(os.environ.get("SUBCELL_SCREEN_SITE_DIR", REPO / "tests" / "data" / "cellpainting" / "pediatric_site_full"))
 PIXEL_UM = 0.598
 
 
@@ -124,7 +126,8 @@ def blob_flows_module():
                 self.conv.weight.copy_(torch.tensor(k, dtype=torch.float32))
 
         def forward(self, x):
-            f = self.conv(x[:, :1].float())
+            # float32 head even when the segmenter casts the whole network to bf16 on the GPU
+            f = torch.nn.functional.conv2d(x[:, :1].float(), self.conv.weight.float(), padding=self.conv.padding)
             g = f[:, :2]
             flows = 5 * g / torch.sqrt((g ** 2).sum(1, keepdim=True) + 1e-4)
             return torch.cat([flows, 20 * (f[:, 2:] - 0.3)], 1)

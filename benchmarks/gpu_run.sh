@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One-shot GPU check for a lent accelerator (H100/H200): embedding throughput and accuracy, GPU tests,
+# Cellpose batching throughput, mAP on the GPU at a size copairs cannot hold in memory.
+# Needs wheels for what the GPU image lacks in .whl/ (polars, cellpose and its small deps, platformdirs).
+# Usage (repo root):  OUT=/some/dir bash benchmarks/gpu_run.sh   -> $OUT/gpu_log.txt, $OUT/embed{448,640}.json
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_log.txt"
+exec > >(tee "$LOG") 2>&1
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site:$PWD || echo "wheel install failed"
+else
+    export PYTHONPATH=$PWD
+fi
+echo "== device"; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c "import torch, transformers, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name(0))"
+t0=$(date +%s)
+echo "== 1a. SubCell embedding throughput at 448 (bf16 / fp32 / HF reference, batch 256, torch.compile)"
+timeout 170 python3 benchmarks/embed_throughput.py --device cuda --sizes 448 --batch 256 --check --compile \
+    --json "$OUT/embed448.json"
+echo "[embed 448 rc=$? after $(( $(date +%s) - t0 )) s]"
+echo "== 1b. SubCell embedding throughput at 640 (authors' HPA convention), no compile"
+timeout 90 python3 benchmarks/embed_throughput.py --device cuda --sizes 640 --batch 128 --check \
+    --json "$OUT/embed640.json"
+echo "[embed 640 rc=$? after $(( $(date +%s) - t0 )) s]"
+echo "== 2. GPU tests"
+timeout 75 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_embed_gpu.py tests/test_score_map.py tests/test_segment_cellpose.py
+echo "[gpu tests rc=$? after $(( $(date +%s) - t0 )) s]"
+echo "== 3. Cellpose-SAM throughput (random ViT-L weights: no weights on this offline box), batched vs cellpose eval"
+timeout 90 python3 benchmarks/segment_throughput.py --skip-classical --gpu-sites 8 --reference-sites 2
+echo "[segment benchmark rc=$? after $(( $(date +%s) - t0 )) s]"
+echo "== 4a. mAP torch (GPU) backend vs numpy backend on a 3-plate design"
+timeout 60 python3 - <<'PY'
+import numpy as np, polars as pl
+from subcell_screen.score import average_precision
+rng = np.random.default_rng(0)
+n = 3 * 384
+pert = np.array(["DMSO" if i % 384 < 32 else f"c{i % 384}" for i in range(n)])
+meta = pl.DataFrame({"Metadata_pert": pert, "Metadata_Plate": np.repeat(["P1", "P2", "P3"], 384),
+                     "Metadata_Reference_Index": np.where(pert == "DMSO", np.arange(n), -1)})
+feats = rng.normal(size=(n, 1536)).astype(np.float32) + (pert != "DMSO")[:, None] * rng.normal(size=(1, 1536)) * 0.3
+kw = dict(pos_sameby=["Metadata_pert", "Metadata_Reference_Index"], pos_diffby=[], neg_sameby=[],
+          neg_diffby=["Metadata_pert", "Metadata_Reference_Index"])
+a = average_precision(meta, feats, **kw, backend="numpy")["average_precision"].to_numpy()
+b = average_precision(meta, feats, **kw, backend="torch")["average_precision"].to_numpy()
+ok = np.isfinite(a)
+print("torch vs numpy AP: max abs diff", float(np.nanmax(np.abs(a[ok] - b[ok]))), "rows", int(ok.sum()))
+PY
+echo "== 4. mAP (phenotypic activity) on the GPU: 200 plates x 384 wells x 1536 features"
+timeout 60 python3 benchmarks/map_vs_copairs.py --worker ours --plates 200 --features 1536 --null-size 10000 \
+    --backend torch --out /tmp/map200 && cat /tmp/map200; echo
+echo "[map rc=$? after $(( $(date +%s) - t0 )) s]"
