@@ -313,14 +313,20 @@ class ScreenStore:
     # -- runs (provenance) ---------------------------------------------------------------------------------
 
     def start_run(self, *, command: str, config: Mapping[str, Any] | None = None,
-                  models: Mapping[str, Any] | None = None, parameters: Mapping[str, Any] | None = None) -> str:
-        """Record the start of a run; returns its ``run_id``."""
+                  models: Mapping[str, Any] | None = None, parameters: Mapping[str, Any] | None = None,
+                  summary: Mapping[str, Any] | None = None) -> str:
+        """Record the start of a run; returns its ``run_id``.
+
+        ``summary`` may already say what the run will do (featurizer, segmenter, fallbacks), so that reports
+        rendered while the run is still going can show it; :meth:`finish_run` replaces it.
+        """
         run_id = _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.replace_rows("runs", pl.DataFrame({
             "run_id": [run_id], "command": [command], "started_at": [_now()], "status": ["running"],
             "package_version": [_package_version()], "config": [json.dumps(config or {}, default=str)],
             "models": [json.dumps(models or {}, default=str)],
             "parameters": [json.dumps(parameters or {}, default=str)],
+            "summary": [json.dumps(summary or {}, default=str)],
         }), keys=["run_id"])
         return run_id
 
@@ -432,6 +438,13 @@ class ScreenStore:
             self.con.execute("UPDATE sites SET status = 'failed', error = ?, updated_at = ? "
                              "WHERE plate = ? AND well = ? AND site = ?",
                              [f"{stage}: {error}", _now(), plate, well, int(site)])
+        elif status == "ok":
+            # the site is ok once no stage of it is failed (a re-run that succeeds clears an old failure)
+            self.con.execute(
+                "UPDATE sites SET status = 'ok', error = NULL, updated_at = ? WHERE plate = ? AND well = ? "
+                "AND site = ? AND NOT EXISTS (SELECT 1 FROM site_stages s WHERE s.plate = sites.plate AND "
+                "s.well = sites.well AND s.site = sites.site AND s.status = 'failed')",
+                [_now(), plate, well, int(site)])
 
     def sites_with_stage(self, stage: str, *, status: str = "ok", plate: str | None = None) -> set[tuple]:
         """``{(plate, well, site)}`` whose ``stage`` finished with ``status``."""

@@ -205,3 +205,17 @@ def test_killed_parquet_write_leaves_no_partial_file(tmp_path):
         files = s.cell_feature_files("fs")
         if files:  # a complete earlier write may exist; it must be whole
             assert pl.read_parquet(files[0]).height == 400_000
+
+
+def test_site_status_follows_its_stages(store):
+    store.register_sites(pl.DataFrame({"plate": ["P1"], "well": ["A01"], "site": [1]}))
+    status = lambda: store.sql("SELECT status, error FROM sites").row(0)  # noqa: E731
+    assert status() == ("pending", None)
+    store.set_site_status("P1", "A01", 1, stage="segment", status="ok")
+    assert status() == ("ok", None)
+    store.set_site_status("P1", "A01", 1, stage="embed:x", status="failed", error="boom")
+    assert status() == ("failed", "embed:x: boom")
+    store.set_site_status("P1", "A01", 1, stage="segment", status="ok")  # another stage cannot clear it
+    assert status()[0] == "failed"
+    store.set_site_status("P1", "A01", 1, stage="embed:x", status="ok")  # the failed stage succeeds on re-run
+    assert status() == ("ok", None)
