@@ -1,0 +1,67 @@
+"""Profiles: aggregation, per-plate normalisation, feature selection and batch correction.
+
+pycytominer-compatible functions on wide profiles (``Metadata_*`` columns plus numeric features, as a polars
+or pandas DataFrame; the result has the input's type):
+
+* :func:`aggregate` / :func:`consensus` — per-group median, mean (and MODZ);
+* :func:`normalize` — per-plate ``standardize``, ``robustize``, ``mad_robustize`` (pycytominer's scaled MAD or
+  the JUMP recipe's unscaled one), ``spherize`` (PCA/ZCA[-cor], correctly whitened), inverse normal
+  transforms; fitted on control rows (e.g. :data:`NEGCON`) of every plate in one grouped pass;
+* :func:`feature_select` — variance, frequency, correlation, missing values, blocklist, outliers, noise;
+* :func:`correct_batch` — Harmony across batches or plates.
+
+Array-layout helpers for the screen store (per-cell ``features`` = ``pl.Array(pl.Float32, D)``):
+:func:`aggregate_array`, :func:`to_wide`, :func:`from_wide`, :func:`well_profiles_from_store`.
+
+Example
+-------
+>>> import polars as pl
+>>> from subcell_screen.profiles import NEGCON, normalize, feature_select
+>>> from subcell_screen.simulate import simulate_well_profiles
+>>> sim = simulate_well_profiles(n_plates=2, n_features=16, seed=0)
+>>> norm = normalize(sim.profiles, method="mad_robustize", controls=NEGCON)
+>>> sel = feature_select(norm, operation=["drop_na_columns", "correlation_threshold"])
+>>> norm.height == sim.profiles.height
+True
+"""
+
+from __future__ import annotations
+
+from ._aggregate import (
+                         AGGREGATE_METHODS,
+                         aggregate,
+                         aggregate_array,
+                         consensus,
+                         from_wide,
+                         reduce_groups,
+                         to_wide,
+                         well_profiles_from_store,
+)
+from ._batch import BATCH_METHODS, correct_batch
+from ._frame import NEGCON, infer_features
+from ._normalize import NORMALIZE_METHODS, SPHERIZE_METHODS, SpherizeFit, fit_spherize, normalize
+from ._select import FEATURE_SELECT_OPERATIONS, default_blocklist, feature_select, features_to_exclude
+
+__all__ = [
+    "aggregate",
+    "aggregate_array",
+    "consensus",
+    "normalize",
+    "feature_select",
+    "features_to_exclude",
+    "correct_batch",
+    "to_wide",
+    "from_wide",
+    "well_profiles_from_store",
+    "fit_spherize",
+    "SpherizeFit",
+    "reduce_groups",
+    "infer_features",
+    "default_blocklist",
+    "NEGCON",
+    "AGGREGATE_METHODS",
+    "NORMALIZE_METHODS",
+    "SPHERIZE_METHODS",
+    "FEATURE_SELECT_OPERATIONS",
+    "BATCH_METHODS",
+]

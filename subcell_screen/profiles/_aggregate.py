@@ -1,0 +1,550 @@
+"""Aggregation of per-cell features into site/well profiles, consensus profiles, and layout conversions.
+
+Two layouts are supported and converted into each other:
+
+* the **array layout** of the screen store: one row per cell (or site, well) with key columns and a
+  fixed-width ``features`` column (``pl.Array(pl.Float32, D)``), feature names kept in the store's
+  ``feature_sets`` table;
+* pycytominer's **wide layout**: ``Metadata_*`` columns plus one numeric column per feature.
+
+Group medians and means are computed on numpy blocks of equally sized groups (one vectorised reduction per
+distinct group size, never one Python call per group), in float64 so that they equal pandas' (and thus
+pycytominer's) ``groupby().median()`` / ``.mean()`` after its cast to float; missing values are skipped as
+pandas does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from ._frame import (
+    _names,
+    as_list,
+    check_frame,
+    columns_of,
+    feature_frame,
+    infer_features,
+    is_pandas,
+    polars_view,
+)
+
+__all__ = ["aggregate", "aggregate_array", "consensus", "to_wide", "from_wide", "well_profiles_from_store",
+           "AGGREGATE_METHODS"]
+
+logger = logging.getLogger(__name__)
+
+AGGREGATE_METHODS = ("median", "mean")
+
+#: Working memory of one block of the grouped reduction (bytes); blocks run on up to ``_THREADS`` threads.
+_CHUNK_BYTES = 64 << 20
+_THREADS = min(4, os.cpu_count() or 1)
+
+
+# -- grouped reduction core -------------------------------------------------------------------------------
+
+
+def _sorted_groups(keys: pl.DataFrame, by: list[str]) -> tuple[np.ndarray, pl.DataFrame]:
+    """Group codes in sorted key order (nulls last, like pandas' groupby) and the key table."""
+    uniq = keys.unique().sort(by, nulls_last=True)
+    coded = keys.join(uniq.with_row_index("__gid"), on=by, how="left", nulls_equal=True, maintain_order="left")
+    return coded["__gid"].to_numpy().astype(np.int64), uniq
+
+
+def _median_sorted(block: np.ndarray) -> np.ndarray:
+    """Median over the last axis of a block without missing values (float64 result)."""
+    k = block.shape[-1]
+    if k == 1:
+        return block[..., 0].astype(np.float64)
+    s = np.sort(block, axis=-1)
+    lo = s[..., (k - 1) // 2].astype(np.float64)
+    if k % 2:
+        return lo
+    return (lo + s[..., k // 2].astype(np.float64)) / 2
+
+
+def reduce_groups(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -> np.ndarray:
+    """Per-group median or mean of the rows of ``x``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(n, d)`` float32 or float64; NaN marks missing values (skipped).
+    codes : numpy.ndarray
+        ``(n,)`` group index of every row, ``0 <= code < n_groups``.
+    n_groups : int
+    method : {"median", "mean"}
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_groups, d)`` float64; NaN where a group has no value of a feature (or no rows).
+    """
+    if method not in AGGREGATE_METHODS:
+        raise ValueError(f"method must be one of {AGGREGATE_METHODS}, got {method!r}")
+    n, d = x.shape
+    out = np.full((n_groups, d), np.nan)
+    if n == 0:
+        return out
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    jobs = []
+    for k in np.unique(counts[counts > 0]):
+        gs = np.flatnonzero(counts == k)
+        per = max(1, _CHUNK_BYTES // int(k * d * 8))
+        jobs += [(int(k), gs[c0:c0 + per]) for c0 in range(0, gs.size, per)]
+
+    def run(job: tuple[int, np.ndarray], nan_ok: bool = False) -> bool:
+        """Reduce one block; without ``nan_ok`` a block with missing values is left for the serial pass."""
+        k, ch = job
+        block = x[order[(starts[ch][:, None] + np.arange(k)).ravel()]].reshape(ch.size, k, d)
+        if np.isnan(block).any():
+            if not nan_ok:
+                return False
+            with _quiet():
+                out[ch] = (np.nanmean(block, axis=1, dtype=np.float64) if method == "mean"
+                           else np.nanmedian(block.astype(np.float64), axis=1))
+        elif method == "mean":
+            out[ch] = block.mean(axis=1, dtype=np.float64)
+        else:
+            out[ch] = _median_sorted(np.ascontiguousarray(block.transpose(0, 2, 1)))
+        return True
+
+    # numpy releases the GIL in copies and sorts: blocks (disjoint output rows) run on a few threads; blocks
+    # with missing values run afterwards in this thread (numpy's all-NaN warnings are silenced, not threadsafe)
+    workers = min(len(jobs), _THREADS)
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(run, jobs))
+    else:
+        done = [run(job) for job in jobs]
+    for job, ok in zip(jobs, done):
+        if not ok:
+            run(job, nan_ok=True)
+    return out
+
+
+class _quiet:
+    """Silence numpy's 'all-NaN slice' warnings (the NaN result is reported by the caller)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+def _warn_missing(result: np.ndarray, names: Sequence[str], what: str) -> None:
+    bad = np.isnan(result)
+    if bad.any():
+        cols = np.flatnonzero(bad.any(axis=0))
+        logger.warning("%s: %d group(s) have no value for %d feature(s) (%s); those aggregates are missing",
+                       what, int(bad.any(axis=1).sum()), cols.size, _names([names[j] for j in cols]))
+
+
+# -- wide layout ------------------------------------------------------------------------------------------
+
+
+def aggregate(
+    cells: Any,
+    *,
+    by: str | Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
+    method: Literal["median", "mean"] = "median",
+    features: Sequence[str] | None = None,
+    compute_object_count: bool = False,
+    object_feature: str = "Metadata_ObjectNumber",
+    keep_metadata: bool = False,
+) -> Any:
+    """Aggregate wide per-cell (or per-site) profiles by ``by`` (pycytominer ``aggregate``).
+
+    Parameters
+    ----------
+    cells : polars.DataFrame or pandas.DataFrame
+        Wide rows: ``Metadata_*`` columns plus numeric features.
+    by : str or list of str
+        Grouping columns (pycytominer ``strata``); rows with null keys form their own group.
+    method : {"median", "mean"}
+        pycytominer ``operation``; missing values are skipped.
+    features : list of str, optional
+        Default every numeric column not prefixed ``Metadata_``.
+    compute_object_count : bool
+        Add ``Metadata_Object_Count``: non-missing values of ``object_feature`` per group (pycytominer), or
+        the number of rows when ``object_feature`` is not a column.
+    object_feature : str
+    keep_metadata : bool
+        Also keep the other ``Metadata_*`` columns that are constant within every group (pycytominer keeps
+        only ``by``).
+
+    Returns
+    -------
+    polars.DataFrame or pandas.DataFrame
+        One row per group sorted by ``by``: the ``by`` columns, ``Metadata_Object_Count`` (if asked), kept
+        metadata, then the features as Float64 (same type as ``cells``). ``ImageNumber``/``ObjectNumber``
+        feature columns are dropped, as pycytominer does.
+    """
+    check_frame(cells, name="cells")
+    by = as_list(by)
+    if not by:
+        raise ValueError("aggregate needs at least one grouping column in by")
+    missing = [c for c in by if c not in set(columns_of(cells))]
+    if missing:
+        raise ValueError(f"grouping columns not in the frame: {_names(missing)}")
+    feats = [f for f in infer_features(cells, features) if f not in by]
+    keys = polars_view(cells, by)
+    codes, uniq = _sorted_groups(keys, by)
+    x = feature_frame(cells, feats).to_numpy().astype(np.float64, copy=False)
+    agg = reduce_groups(x, codes, uniq.height, method)
+    _warn_missing(agg, feats, f"aggregate({method})")
+    parts = [uniq]
+    if compute_object_count:
+        if object_feature in columns_of(cells):
+            obj = polars_view(cells, [object_feature])[object_feature]
+            valid = obj.is_not_null().to_numpy()
+            if obj.dtype.is_float():
+                valid &= ~obj.is_nan().fill_null(True).to_numpy()
+            cnt = np.bincount(codes[valid], minlength=uniq.height)
+        else:
+            cnt = np.bincount(codes, minlength=uniq.height)
+        parts.append(pl.DataFrame({"Metadata_Object_Count": cnt.astype(np.int64)}))
+    if keep_metadata:
+        parts.append(_constant_metadata(cells, by, codes, uniq.height))
+    keep = [f for f in feats if f not in ("ImageNumber", "ObjectNumber")]
+    idx = [feats.index(f) for f in keep]
+    parts.append(_wide_from_numpy(agg[:, idx], keep))
+    out = pl.concat(parts, how="horizontal")
+    return out.to_pandas() if is_pandas(cells) else out
+
+
+def _constant_metadata(frame: Any, by: list[str], codes: np.ndarray, n_groups: int) -> pl.DataFrame:
+    cand = [c for c in columns_of(frame) if c.startswith("Metadata_") and c not in by]
+    if not cand:
+        return pl.DataFrame()
+    view = polars_view(frame, cand).with_columns(pl.Series("__gid", codes))
+    agg = view.group_by("__gid").agg(
+        [pl.col(c).first().alias(c) for c in cand] + [pl.col(c).n_unique().alias(f"{c}__n") for c in cand]
+    ).sort("__gid")
+    const = [c for c in cand if (agg[f"{c}__n"] <= 1).all()]
+    dropped = [c for c in cand if c not in const]
+    if dropped:
+        logger.info("aggregate: metadata not constant within groups, not kept: %s", _names(dropped))
+    if agg.height != n_groups:
+        raise AssertionError("group count mismatch")
+    return agg.select(const)
+
+
+def _wide_from_numpy(arr: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
+    df = pl.DataFrame(arr, schema=list(names), orient="row") if arr.shape[1] else pl.DataFrame()
+    if arr.size and np.isnan(arr).any():
+        df = df.with_columns(pl.all().fill_nan(None))
+    return df
+
+
+def consensus(
+    profiles: Any,
+    *,
+    by: str | Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
+    method: Literal["median", "mean", "modz"] = "median",
+    features: Sequence[str] | None = None,
+    modz_method: Literal["spearman", "pearson"] = "spearman",
+    min_weight: float = 0.01,
+    precision: int = 4,
+    keep_metadata: bool = False,
+) -> Any:
+    """Consensus profile of replicate rows (pycytominer ``consensus``; ``by`` = ``replicate_columns``).
+
+    ``median``/``mean`` are :func:`aggregate`. ``modz`` (cmapPy / pycytominer): Spearman correlation between
+    the replicates of a group over the features, diagonal dropped, negative correlations set to 0; weight of
+    a replicate = its mean correlation, at least ``min_weight``; weights normalised to sum 1 and rounded to
+    ``precision`` digits; consensus = weighted sum of the replicates (missing values count as 0, as
+    pycytominer's pandas sum does).
+
+    Returns
+    -------
+    polars.DataFrame or pandas.DataFrame
+        One row per group sorted by ``by``: ``by`` columns (kept metadata if asked) then features.
+    """
+    if method in AGGREGATE_METHODS:
+        return aggregate(profiles, by=by, method=method, features=features, keep_metadata=keep_metadata)
+    if method != "modz":
+        raise ValueError(f"method must be 'median', 'mean' or 'modz', got {method!r}")
+    if modz_method not in ("spearman", "pearson"):
+        raise ValueError(f"modz_method must be 'spearman' or 'pearson', got {modz_method!r}")
+    check_frame(profiles)
+    by = as_list(by)
+    missing = [c for c in by if c not in set(columns_of(profiles))]
+    if missing:
+        raise ValueError(f"replicate columns not in the profiles: {_names(missing)}")
+    feats = [f for f in infer_features(profiles, features) if f not in by]
+    codes, uniq = _sorted_groups(polars_view(profiles, by), by)
+    x = feature_frame(profiles, feats).to_numpy().astype(np.float64, copy=False)
+    out = np.empty((uniq.height, len(feats)))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(uniq.height + 1))
+    for g in range(uniq.height):
+        out[g] = _modz(x[order[bounds[g]:bounds[g + 1]]], modz_method, min_weight, precision)
+    parts = [uniq]
+    if keep_metadata:
+        parts.append(_constant_metadata(profiles, by, codes, uniq.height))
+    parts.append(_wide_from_numpy(out, feats))
+    res = pl.concat(parts, how="horizontal")
+    return res.to_pandas() if is_pandas(profiles) else res
+
+
+def _modz(block: np.ndarray, method: str, min_weight: float, precision: int) -> np.ndarray:
+    """MODZ of ``block`` ``(k replicates, d features)``."""
+    k = block.shape[0]
+    if k == 1:
+        return np.nan_to_num(block[0], nan=0.0)
+    if np.isnan(block).any():
+        import pandas as pd
+
+        cor = pd.DataFrame(block.T).corr(method=method).to_numpy()
+    else:
+        if method == "spearman":
+            from scipy.stats import rankdata
+
+            vals = rankdata(block, method="average", axis=1)
+        else:
+            vals = block
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cor = np.corrcoef(vals)
+        cor = np.atleast_2d(cor)
+    np.fill_diagonal(cor, np.nan)
+    cor = np.where(np.isnan(cor), np.nan, np.maximum(cor, 0.0))
+    with _quiet():
+        raw = np.nanmean(cor, axis=1)
+    raw = np.where(np.isnan(raw), np.nan, np.maximum(raw, min_weight))
+    total = np.nansum(raw)
+    weights = np.full(k, 1.0 / k) if total == 0 else raw / total
+    weights = np.round(weights, precision)
+    return np.nansum(block * weights[:, None], axis=0)
+
+
+# -- array layout -----------------------------------------------------------------------------------------
+
+
+def _array_matrix(df: pl.DataFrame, column: str) -> np.ndarray:
+    s = df.get_column(column)
+    if not isinstance(s.dtype, pl.Array):
+        raise ValueError(f"column {column!r} must be a fixed-width pl.Array of floats, got {s.dtype}")
+    if s.null_count():
+        raise ValueError(f"column {column!r} has {s.null_count()} null rows; every row needs a feature vector")
+    width = s.dtype.size
+    if df.height == 0:
+        return np.zeros((0, width), dtype=np.float32)
+    x = s.to_numpy()
+    if x.ndim != 2:
+        x = np.stack(x)
+    return x
+
+
+def aggregate_array(
+    frame: pl.DataFrame | pl.LazyFrame,
+    *,
+    by: str | Sequence[str] = ("plate", "well"),
+    method: Literal["median", "mean"] = "median",
+    column: str = "features",
+    count_column: str | None = "n_cells",
+    sum_columns: Sequence[str] = (),
+    dtype: pl.DataType = pl.Float64,
+) -> pl.DataFrame:
+    """Median or mean of a fixed-width feature-array column per group, without widening to columns.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame or polars.LazyFrame
+        Rows with the ``by`` key columns and ``column`` (``pl.Array(pl.Float32 | pl.Float64, D)``), e.g.
+        ``ScreenStore.scan_cell_features(...)``. Only the needed columns are read.
+    by : str or list of str
+        Grouping keys (e.g. ``["plate", "well", "site"]``).
+    method : {"median", "mean"}
+    column : str
+        The feature-array column.
+    count_column : str or None
+        Name of the output column counting rows per group (``None``: no count).
+    sum_columns : sequence of str
+        Numeric columns summed per group (e.g. ``n_cells`` when aggregating sites into wells).
+    dtype : polars float type
+        Element type of the output array (Float64 keeps pycytominer-exact values).
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per group sorted by ``by``: keys, ``count_column``, ``sum_columns``, ``column`` as
+        ``pl.Array(dtype, D)``.
+    """
+    by = as_list(by)
+    need = [*by, *sum_columns, column]
+    lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+    schema = lf.collect_schema()
+    missing = [c for c in need if c not in schema.names()]
+    if missing:
+        raise ValueError(f"columns not in the frame: {_names(missing)}")
+    df = lf.select(need).collect()
+    x = _array_matrix(df, column)
+    codes, uniq = _sorted_groups(df.select(by), by)
+    agg = reduce_groups(x, codes, uniq.height, method)
+    _warn_missing(agg, [f"{column}[{j}]" for j in range(agg.shape[1])], f"aggregate_array({method})")
+    out = uniq
+    if count_column:
+        out = out.with_columns(pl.Series(count_column, np.bincount(codes, minlength=uniq.height).astype(np.int64)))
+    if sum_columns:
+        sums = df.select(sum_columns).with_columns(pl.Series("__gid", codes)).group_by("__gid").agg(
+            pl.all().sum()).sort("__gid").drop("__gid")
+        out = pl.concat([out, sums], how="horizontal")
+    return out.with_columns(pl.Series(column, agg, dtype=pl.Array(pl.Float64, agg.shape[1])).cast(
+        pl.Array(dtype, agg.shape[1])))
+
+
+def to_wide(frame: pl.DataFrame, feature_names: Sequence[str], *, column: str = "features") -> pl.DataFrame:
+    """Expand a fixed-width array column into one column per feature (pycytominer's wide layout).
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Rows with ``column`` of type ``pl.Array(float, D)``.
+    feature_names : sequence of str
+        ``D`` names, in array order.
+    column : str
+
+    Returns
+    -------
+    polars.DataFrame
+        ``frame`` with ``column`` replaced (in place) by ``D`` float columns.
+    """
+    names = list(feature_names)
+    dt = frame.schema.get(column)
+    if not isinstance(dt, pl.Array):
+        raise ValueError(f"column {column!r} must be a pl.Array column, got {dt}")
+    if dt.size != len(names):
+        raise ValueError(f"column {column!r} holds {dt.size} values per row but {len(names)} names were given")
+    clash = [n for n in names if n in frame.columns and n != column]
+    if clash:
+        raise ValueError(f"feature names clash with existing columns: {_names(clash)}")
+    return frame.with_columns(pl.col(column).arr.to_struct(fields=names)).unnest(column)
+
+
+def from_wide(profiles: Any, *, features: Sequence[str] | None = None, column: str = "features",
+              dtype: pl.DataType = pl.Float32) -> pl.DataFrame:
+    """Pack wide feature columns into one fixed-width array column (the store's layout).
+
+    Parameters
+    ----------
+    profiles : polars.DataFrame or pandas.DataFrame
+    features : list of str, optional
+        Columns to pack, in this order (default: every numeric non-``Metadata_`` column).
+    column : str
+        Name of the array column (appended last).
+    dtype : polars float type
+
+    Returns
+    -------
+    polars.DataFrame
+        The other columns, then ``column`` as ``pl.Array(dtype, len(features))``. Missing values become NaN.
+    """
+    check_frame(profiles)
+    feats = infer_features(profiles, features)
+    if column in columns_of(profiles) and column not in feats:
+        raise ValueError(f"column {column!r} already exists")
+    rest = [c for c in columns_of(profiles) if c not in set(feats)]
+    base = polars_view(profiles, rest) if rest else pl.DataFrame()
+    x = feature_frame(profiles, feats).to_numpy().astype(np.float64, copy=False)
+    arr = pl.Series(column, x, dtype=pl.Array(pl.Float64, len(feats))).cast(pl.Array(dtype, len(feats)))
+    return base.with_columns(arr) if rest else pl.DataFrame(arr)
+
+
+# -- store ------------------------------------------------------------------------------------------------
+
+
+def well_profiles_from_store(
+    store: Any,
+    *,
+    feature_set: str,
+    cell_to_site: Literal["median", "mean"] = "median",
+    site_to_well: Literal["median", "mean"] = "mean",
+    plates: Sequence[str] | None = None,
+    column: str = "features",
+    metadata: bool = True,
+    progress: bool | None = None,
+) -> pl.DataFrame:
+    """Wide well profiles from a screen store's per-cell Parquet: cells -> sites -> wells, plus layout.
+
+    Parameters
+    ----------
+    store : ScreenStore
+        An open store with per-cell rows of ``feature_set`` (``plate``, ``well``, ``site``, ``cell_id``,
+        ``features``).
+    feature_set : str
+        Registered feature set; its ``feature_names`` name the output columns.
+    cell_to_site, site_to_well : {"median", "mean"}
+        Aggregation at each level (site profiles are weighted equally within a well).
+    plates : list of str, optional
+        Plates to read (default all plates with per-cell data); one plate is in memory at a time.
+    column : str
+        The feature-array column of the per-cell files.
+    metadata : bool
+        Join the layout (``store.wells(metadata=True)``) onto the profiles.
+    progress : bool, optional
+        Show a progress bar over plates (default: when logging at INFO).
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per (plate, well) with cells: ``Metadata_Plate``, ``Metadata_Well``, layout ``Metadata_*``
+        columns, ``Metadata_Site_Count``, ``Metadata_Object_Count`` (cells), then one Float64 column per
+        feature.
+    """
+    from tqdm.auto import tqdm
+
+    names = store.feature_set(feature_set)["feature_names"]
+    if plates is None:
+        plates = (store.scan_cell_features(feature_set).select("plate").unique().collect()
+                  .sort("plate")["plate"].to_list())
+    disable = (not logger.isEnabledFor(logging.INFO)) if progress is None else not progress
+    wells = []
+    for plate in tqdm(list(plates), desc="well profiles", unit="plate", disable=disable):
+        lf = store.scan_cell_features(feature_set, plate=plate)
+        sites = aggregate_array(lf, by=["plate", "well", "site"], method=cell_to_site, column=column,
+                                count_column="n_cells")
+        if sites.height == 0:
+            continue
+        wells.append(aggregate_array(sites, by=["plate", "well"], method=site_to_well, column=column,
+                                     count_column="n_sites", sum_columns=["n_cells"]))
+    if not wells:
+        raise ValueError(f"no cells of feature set {feature_set!r} on plates {list(plates)}")
+    prof = pl.concat(wells).rename({"plate": "Metadata_Plate", "well": "Metadata_Well",
+                                    "n_sites": "Metadata_Site_Count", "n_cells": "Metadata_Object_Count"})
+    if prof.schema[column].size != len(names):
+        raise ValueError(f"feature set {feature_set!r} registers {len(names)} names but the per-cell "
+                         f"{column!r} arrays hold {prof.schema[column].size} values")
+    if metadata:
+        layout = store.wells(metadata=True)
+        extra = [c for c in layout.columns if c not in ("Metadata_Plate", "Metadata_Well")]
+        layout = layout.select(["Metadata_Plate", "Metadata_Well", *extra])
+        prof = prof.join(layout, on=["Metadata_Plate", "Metadata_Well"], how="left", maintain_order="left")
+        if layout.height:
+            unmatched = prof.join(layout.select("Metadata_Plate", "Metadata_Well"),
+                                  on=["Metadata_Plate", "Metadata_Well"], how="anti")
+            if unmatched.height:
+                logger.warning("well_profiles_from_store: %d well(s) with cells are not in the layout: %s",
+                               unmatched.height, _names([f"{p}/{w}" for p, w in
+                                                         unmatched.select("Metadata_Plate", "Metadata_Well")
+                                                         .iter_rows()]))
+        else:
+            logger.warning("well_profiles_from_store: the store has no layout (wells table); no metadata joined")
+        meta = ["Metadata_Plate", "Metadata_Well", *extra, "Metadata_Site_Count", "Metadata_Object_Count"]
+    else:
+        meta = ["Metadata_Plate", "Metadata_Well", "Metadata_Site_Count", "Metadata_Object_Count"]
+    return to_wide(prof.select([*meta, column]), names, column=column)
