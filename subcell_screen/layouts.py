@@ -734,10 +734,12 @@ def _infer_format(layout: pl.DataFrame) -> int:
 def to_metadata(frame: pl.DataFrame) -> pl.DataFrame:
     """Rename layout/plate columns to pycytominer's ``Metadata_`` convention.
 
-    ``plate``, ``well`` and ``site`` become ``Metadata_Plate``, ``Metadata_Well`` and ``Metadata_Site``;
-    every other column ``c`` becomes ``Metadata_c``. Columns already prefixed are left alone.
+    ``plate``, ``well``, ``site`` and ``batch`` become ``Metadata_Plate``, ``Metadata_Well``,
+    ``Metadata_Site`` and ``Metadata_Batch`` (pycytominer / JUMP spelling); every other column ``c`` becomes
+    ``Metadata_c``. Columns already prefixed are left alone.
     """
-    special = {"plate": "Metadata_Plate", "well": "Metadata_Well", "site": "Metadata_Site"}
+    special = {"plate": "Metadata_Plate", "well": "Metadata_Well", "site": "Metadata_Site",
+               "batch": "Metadata_Batch"}
     return frame.rename({
         c: special.get(c, f"Metadata_{c}") for c in frame.columns if not c.startswith("Metadata_")
     })

@@ -168,7 +168,7 @@ def test_well_profiles_from_store(tmp_path):
     well = site.groupby(["plate", "well"])[names].mean().reset_index()
     assert prof.height == 5  # P2/A03 has no cells
     assert prof.columns[:2] == ["Metadata_Plate", "Metadata_Well"] and prof.columns[-6:] == names
-    assert {"Metadata_perturbation_id", "Metadata_control_type", "Metadata_batch"} <= set(prof.columns)
+    assert {"Metadata_perturbation_id", "Metadata_control_type", "Metadata_Batch"} <= set(prof.columns)
     assert np.allclose(prof.select(names).to_numpy(), well[names].to_numpy(), rtol=1e-6)
     n_cells = cells.groupby(["plate", "well"]).size().to_numpy()
     assert prof["Metadata_Object_Count"].to_list() == n_cells.tolist()

@@ -62,7 +62,7 @@ def test_design_roundtrip_and_metadata(store, tmp_path):
     extra = json.loads(store.sql("SELECT extra FROM plates WHERE plate='P2'")["extra"][0])
     assert extra == {"operator": "bob"}
     meta = store.wells(plate="P1", metadata=True)
-    assert {"Metadata_Plate", "Metadata_Well", "Metadata_control_type", "Metadata_batch"} <= set(meta.columns)
+    assert {"Metadata_Plate", "Metadata_Well", "Metadata_control_type", "Metadata_Batch"} <= set(meta.columns)
 
 
 def test_runs_provenance(store):
