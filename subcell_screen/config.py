@@ -186,8 +186,13 @@ class RaySection(_Section):
     segment_actors: int = Field(default=1, gt=0)
     embed_actors: int = Field(default=1, gt=0)
     load_batch_size: int = Field(default=4, gt=0)
-    embed_batch_size: int = Field(default=256, gt=0)
+    embed_batch_size: int = Field(default=256, gt=0, description="Images per SubCell forward in an embed actor.")
     output: Path | None = Field(default=None, description="Shared folder for Parquet outputs.")
+    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved by each segment/embed actor.")
+    site_batch_size: int = Field(default=4, gt=0,
+                                 description="Sites per call of the segment, crop, feature and embed stages.")
+    max_retries: int = Field(default=3, ge=0,
+                             description="Retries of a site whose worker process died before a site is failed.")
 
 
 class RunConfig(_Section):

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,17 +166,10 @@ def plan_run(config: RunConfig, *, stages: Sequence[str] = STAGES, load_models: 
     if config.segmentation.method == "cellpose":
         segmenter = f"cellpose:{config.segmentation.weights or config.segmentation.model}"
         if "segment" in stages and load_models:
-            from .segment import CellposeWeightsError, load_cellpose
+            from .segment import CellposeWeightsError
 
             try:
-                cellpose_model = load_cellpose(
-                    str(config.segmentation.weights or config.segmentation.model),
-                    weights_sha256=config.segmentation.weights_sha256, device=device,
-                    batch_size=config.segmentation.batch_size,
-                    **({"nucleus_diameter_um": config.segmentation.nucleus_diameter_um}
-                       if config.segmentation.nucleus_diameter_um else {}),
-                    **({"cell_diameter_um": config.segmentation.cell_diameter_um}
-                       if config.segmentation.cell_diameter_um else {}))
+                cellpose_model = _load_cellpose_model(config, device=device)
             except CellposeWeightsError as exc:
                 if not config.segmentation.allow_fallback:
                     raise
@@ -191,13 +184,10 @@ def plan_run(config: RunConfig, *, stages: Sequence[str] = STAGES, load_models: 
     if config.embedding.featurizer == "subcell":
         featurizer = f"subcell:{config.embedding.model}"
         if "embed" in stages and load_models:
-            from .embed import WeightsError, load_model
+            from .embed import WeightsError
 
             try:
-                subcell_model = load_model(config.embedding.model, cache_dir=config.embedding.cache_dir,
-                                           device=device, precision=config.embedding.precision,
-                                           offline=True if config.embedding.offline else None,
-                                           compile=config.embedding.compile)
+                subcell_model = _load_subcell_model(config, device=device)
                 models["subcell"] = {"name": config.embedding.model,
                                      "files": getattr(subcell_model, "files", None) and
                                      {k: str(v) for k, v in _files_info(subcell_model).items()}}
@@ -212,6 +202,32 @@ def plan_run(config: RunConfig, *, stages: Sequence[str] = STAGES, load_models: 
     return RunPlan(device=device, segmenter=segmenter, featurizer=featurizer,
                    feature_set=_feature_set_name(featurizer), fallbacks=tuple(fallbacks), models=models,
                    _subcell=subcell_model, _cellpose=cellpose_model)
+
+
+def _load_cellpose_model(config: RunConfig, *, device: str) -> Any:
+    """The configured Cellpose model (:class:`~subcell_screen.segment.CellposeWeightsError` when missing)."""
+    from .segment import load_cellpose
+
+    seg = config.segmentation
+    return load_cellpose(str(seg.weights or seg.model), weights_sha256=seg.weights_sha256, device=device,
+                         batch_size=seg.batch_size,
+                         **({"nucleus_diameter_um": seg.nucleus_diameter_um} if seg.nucleus_diameter_um else {}),
+                         **({"cell_diameter_um": seg.cell_diameter_um} if seg.cell_diameter_um else {}))
+
+
+def _load_subcell_model(config: RunConfig, *, device: str, cache_dir: str | Path | None = None,
+                        offline: bool | None = None) -> Any:
+    """The configured SubCell model (:class:`~subcell_screen.embed.WeightsError` when missing).
+
+    ``cache_dir``/``offline`` override the config's (a Ray worker gets the folder the driver resolved).
+    """
+    from .embed import load_model
+
+    emb = config.embedding
+    return load_model(emb.model, cache_dir=cache_dir if cache_dir is not None else emb.cache_dir, device=device,
+                      precision=emb.precision,
+                      offline=offline if offline is not None else (True if emb.offline else None),
+                      compile=emb.compile)
 
 
 def _files_info(model: Any) -> dict[str, Any]:
@@ -274,6 +290,12 @@ def run(
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     stages = [s for s in STAGES if s in stages]
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray" and ("segment" in stages or "embed" in stages):
+        from .distributed import import_ray
+
+        import_ray()  # before any work: says how to install the extra when it is missing
     if plan is None:
         plan = plan_run(config, stages=stages)
     if on_plan is not None:
@@ -291,7 +313,8 @@ def run(
                     from .distributed import run_sites_ray
 
                     results.extend(run_sites_ray(store, config, plan, stages=stages, force=force,
-                                                 address=ray_address, run_id=run_id, progress=progress))
+                                                 address=ray_address, run_id=run_id, progress=progress,
+                                                 design=design))
                 else:
                     results.extend(_run_sites(store, config, plan, design, stages=stages, force=force,
                                               progress=progress, run_id=run_id))
@@ -401,16 +424,22 @@ def _protein_readout(site: Any, seg: Any, channel: str) -> pl.DataFrame:
 
 
 def _segmentation_from_store(store: Any, site: Any) -> Any:
+    r = site.record
+    return _stored_segmentation(store, r.key, pixel_size_um=site.pixel_size_um)
+
+
+def _stored_segmentation(store: Any, key: tuple[str, str, int], *, pixel_size_um: float | None) -> Any:
+    """The :class:`~subcell_screen.segment.Segmentation` of one site as stored by the segment stage."""
     from .segment import Segmentation, segmentation_qc
 
-    r = site.record
-    nuclei, cells = store.read_masks(r.plate, r.well, r.site)
+    plate, well, site = key
+    nuclei, cells = store.read_masks(plate, well, site)
     table = store.sql("SELECT * FROM cells WHERE plate = ? AND well = ? AND site = ? ORDER BY cell_id",
-                      [r.plate, r.well, r.site])
+                      [plate, well, site])
     method = store.sql("SELECT method FROM masks WHERE plate = ? AND well = ? AND site = ?",
-                       [r.plate, r.well, r.site])["method"][0]
-    return Segmentation(plate=r.plate, well=r.well, site=r.site, nuclei=nuclei, cells=cells, cells_table=table,
-                        qc=segmentation_qc(table), method=method, pixel_size_um=site.pixel_size_um)
+                       [plate, well, site])["method"][0]
+    return Segmentation(plate=plate, well=well, site=site, nuclei=nuclei, cells=cells, cells_table=table,
+                        qc=segmentation_qc(table), method=method, pixel_size_um=pixel_size_um)
 
 
 def _illumination(store: Any, config: RunConfig, index: Any, plates: Iterable[str], *, force: bool) -> dict:
@@ -428,162 +457,405 @@ def _illumination(store: Any, config: RunConfig, index: Any, plates: Iterable[st
     return out
 
 
-def _run_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, stages: Sequence[str], force: bool,
-               progress: bool | None, run_id: str) -> list[StageResult]:
-    from tqdm.auto import tqdm
+# The per-site stages are split into compute (_SiteProcessor: a loaded site in, an _SiteOutcome out, no store
+# access) and record (_record_site: one writer puts an outcome in the store), so that the local engine and the
+# Ray engine (subcell_screen.distributed: compute on workers, record on the driver) share both. The Ray driver
+# stores error-free sites with distributed._ingest.BatchIngest, which writes these same rows many sites at a time.
 
-    from .io import SiteLoadError, check_sites, iter_sites
-    from .segment import segment_site, write_segmentation
 
-    t_start = time.perf_counter()
+@dataclass(frozen=True)
+class _SiteSelection:
+    """Which sites a run of the per-site stages works on (see :func:`_select_sites`)."""
+
+    index: Any                      # SiteIndex of the configured plates
+    report: Any                     # SiteCheckReport of check_sites
+    records: tuple[Any, ...]        # sites with work to do (readable, some stage not done or force)
+    skipped: int                    # sites with nothing to do
+    seg_done: frozenset             # {(plate, well, site)} whose segment stage is done (empty with force)
+    emb_done: frozenset
+    embed_stage: str                # site_stages name of the embed stage, ``embed:<feature_set>``
+    do_seg: bool
+    do_emb: bool
+    force: bool
+
+    def needs_segment(self, key: tuple) -> bool:
+        return self.do_seg and (self.force or key not in self.seg_done)
+
+    def needs_embed(self, key: tuple) -> bool:
+        return self.do_emb and (self.force or key not in self.emb_done)
+
+
+def _select_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, stages: Sequence[str],
+                  force: bool) -> _SiteSelection:
+    """Index the images, check every site (recorded in ``sites``) and pick the sites with work to do."""
+    from .io import check_sites
+
     do_seg, do_emb = "segment" in stages, "embed" in stages
-    channel_map = config.channel_map()
     index = site_index(config, design)
     report = check_sites(index, store=store, raise_on_unreadable_plate=False)
     load_failed = {tuple(key) for key, _msg in report.failures}
     embed_stage = f"embed:{plan.feature_set}"
-    seg_done = set() if force else store.sites_with_stage("segment")
-    emb_done = set() if force else store.sites_with_stage(embed_stage)
-    records = [r for r in index if r.key not in load_failed and (
-        (do_seg and r.key not in seg_done) or (do_emb and r.key not in emb_done))]
-    skipped = len(index) - len(records)
-    illum = _illumination(store, config, index, sorted({r.plate for r in records}), force=force) \
-        if config.illumination_correction() and records else None
+    seg_done = frozenset() if force else frozenset(store.sites_with_stage("segment"))
+    emb_done = frozenset() if force else frozenset(store.sites_with_stage(embed_stage))
+    records = tuple(r for r in index if r.key not in load_failed and (
+        (do_seg and r.key not in seg_done) or (do_emb and r.key not in emb_done)))
+    return _SiteSelection(index=index, report=report, records=records, skipped=len(index) - len(records),
+                          seg_done=seg_done, emb_done=emb_done, embed_stage=embed_stage, do_seg=do_seg,
+                          do_emb=do_emb, force=force)
 
-    featurize = _make_featurizer(store, config, plan, channel_map) if do_emb else None
-    seg_res = {"ok": 0, "failed": len(load_failed), "cells": 0, "seconds": 0.0, "messages": []}
-    emb_res = {"ok": 0, "failed": 0, "cells": 0, "seconds": 0.0, "messages": []}
-    cellpose = plan._cellpose if plan.segmenter.startswith("cellpose") else None
-    method = "cellpose" if cellpose is not None else "classical"
-    bar = tqdm(total=len(records), desc="sites", unit="site", disable=_no_progress(progress))
-    for record, site in iter_sites(records, illumination=illum, raise_on_unreadable_plate=False):
-        bar.update(1)
-        if isinstance(site, SiteLoadError):
-            store.set_site_status(*record.key, stage="load", status="failed", error=str(site), run_id=run_id)
-            msg = f"{record.plate} {record.well} s{record.site}: {site}"
-            (seg_res if do_seg else emb_res)["messages"].append(msg)
-            (seg_res if do_seg else emb_res)["failed"] += 1
-            continue
-        store.replace_rows("site_qc", _site_qc_rows(site), keys=["plate", "well", "site"])
-        seg = None
-        if do_seg and (force or record.key not in seg_done):
-            t0 = time.perf_counter()
-            try:
-                seg = segment_site(site, channel_map=channel_map, method=method, model=cellpose,
-                                   nucleus_diameter_um=config.segmentation.nucleus_diameter_um)
-            except Exception as exc:  # noqa: BLE001 - one bad site must not stop the plate
-                logger.warning("segmentation failed for %s: %s", record.key, exc)
-                store.set_site_status(*record.key, stage="segment", status="failed",
-                                      error=f"{type(exc).__name__}: {exc}", run_id=run_id)
-                seg_res["failed"] += 1
-                seg_res["messages"].append(f"{record.plate} {record.well} s{record.site}: segmentation: {exc}")
-                continue
-            dt = time.perf_counter() - t0
-            if channel_map.protein_channel:
-                store.replace_rows("cell_readouts", _protein_readout(site, seg, channel_map.protein_channel),
-                                   keys={"plate": record.plate, "well": record.well, "site": int(record.site)})
-            write_segmentation(store, seg, method=method, run_id=run_id, seconds=dt)
-            seg_res["ok"] += 1
-            seg_res["cells"] += seg.n_cells
-            seg_res["seconds"] += dt
-        if do_emb and (force or record.key not in emb_done):
-            t0 = time.perf_counter()
-            try:
-                if seg is None:
-                    seg = _segmentation_from_store(store, site)
-                n = featurize(site, seg)
-            except Exception as exc:  # noqa: BLE001
-                if not isinstance(exc, SubcellScreenError | ValueError | RuntimeError | KeyError):
-                    raise
-                logger.warning("featurization failed for %s: %s", record.key, exc)
-                store.set_site_status(*record.key, stage=embed_stage, status="failed",
-                                      error=f"{type(exc).__name__}: {exc}", run_id=run_id)
-                emb_res["failed"] += 1
-                emb_res["messages"].append(f"{record.plate} {record.well} s{record.site}: features: {exc}")
-                continue
-            dt = time.perf_counter() - t0
-            store.set_site_status(*record.key, stage=embed_stage, status="ok", n_cells=n, run_id=run_id,
-                                  seconds=dt)
-            logger.info("embedded %s %s s%d: %d cells in %.2f s", *record.key, n, dt)
-            emb_res["ok"] += 1
-            emb_res["cells"] += n
-            emb_res["seconds"] += dt
-    bar.close()
+
+def _raw_dtype(store: Any, key: tuple[str, str, int]) -> str:
+    """The dtype of a site's image files as ``check_sites`` recorded it (``float32`` when unknown)."""
+    row = store.sql("SELECT dtype FROM sites WHERE plate = ? AND well = ? AND site = ?", list(key))
+    return row["dtype"][0] if row.height and row["dtype"][0] else "float32"
+
+
+@dataclass(frozen=True)
+class _SiteOutcome:
+    """What the per-site stages computed for one site; :func:`_record_site` stores it.
+
+    ``segmented``/``featurized`` say whether that stage ran for this site in this run; ``*_error`` is
+    ``(exception type name, message)`` of a failed stage.
+    """
+
+    key: tuple[str, str, int]
+    channel_names: tuple[str, ...] = ()
+    load_error: str | None = None
+    site_qc: pl.DataFrame | None = field(default=None, repr=False)
+    segmented: bool = False
+    segmentation: Any = field(default=None, repr=False)
+    readouts: pl.DataFrame | None = field(default=None, repr=False)
+    seg_error: tuple[str, str] | None = None
+    seg_seconds: float = 0.0
+    featurized: bool = False
+    features: Any = field(default=None, repr=False)
+    feat_error: tuple[str, str] | None = None
+    feat_seconds: float = 0.0
+
+
+class _ClassicalFeatures:
+    """Classical CellProfiler-style features of one site: :meth:`compute` (pure) and :meth:`write`."""
+
+    kind = "classical"
+
+    def __init__(self, config: RunConfig, *, feature_set: str, channel_map: Any) -> None:
+        from .features import ClassicalFeaturizer, FeatureParams
+
+        params = FeatureParams(families=tuple(config.embedding.classical_families),
+                               zernike_degree=config.embedding.classical_zernike_degree)
+        self.feature_set = feature_set
+        self.channel_map = channel_map
+        self.featurizer = ClassicalFeaturizer(params=params, feature_set=feature_set)
+
+    def compute(self, site: Any, seg: Any, *, raw_dtype: str | None = None) -> pl.DataFrame:
+        """Per-cell table ``plate, well, site, cell_id, features``.
+
+        ``raw_dtype`` is the dtype of the image files: illumination-corrected (float) pixels keep the source's
+        units, so they are scaled by the source dtype as CellProfiler does for the raw image (uint16 -> 65535).
+        """
+        scale = None
+        if np.issubdtype(site.data.dtype, np.floating):
+            raw = np.dtype(raw_dtype or "float32")
+            scale = float(np.iinfo(raw).max) if np.issubdtype(raw, np.integer) else None
+        return self.featurizer.featurize_site(site, seg, channel_map=self.channel_map,
+                                              **({"intensity_scale": scale} if scale else {}))
+
+    @staticmethod
+    def n_cells(table: pl.DataFrame) -> int:
+        return table.height
+
+    def write(self, store: Any, key: tuple[str, str, int], channel_names: Sequence[str], table: pl.DataFrame) -> int:
+        self.write_many(store, [key], channel_names, [table])
+        return table.height
+
+    def write_many(self, store: Any, keys: Sequence[tuple], channel_names: Sequence[str],
+                   tables: Sequence[pl.DataFrame]) -> None:
+        """:meth:`write` for several sites with the same channels at once (one feature-set registration)."""
+        from .features import write_features
+
+        names = self.featurizer.feature_names(self.featurizer.channel_names(list(channel_names), self.channel_map))
+        table = tables[0] if len(tables) == 1 else pl.concat(list(tables), how="vertical_relaxed")
+        write_features(store, table, feature_set=self.feature_set, feature_names=names,
+                       parameters=self.featurizer.parameters(), sites=list(keys))
+
+
+class _SubcellFeatures:
+    """SubCell embeddings of one site: :meth:`crops` + :meth:`embed` (= :meth:`compute`, pure) and :meth:`write`.
+
+    ``model`` is a loaded SubCell model (the Embedder is created on first use, so a writer needs no device);
+    ``batch_size`` is images per forward (default ``[embedding].batch_size``). Crops are rescaled on the CPU
+    unless the device is CUDA (then the embedder resizes on the device), as in the local engine.
+    """
+
+    kind = "subcell"
+
+    def __init__(self, config: RunConfig, *, feature_set: str, channel_map: Any, model: Any, device: str,
+                 batch_size: int | None = None) -> None:
+        self.emb = config.embedding
+        self.feature_set = feature_set
+        self.channel_map = channel_map
+        self.model = model
+        self.device = device
+        self.batch_size = int(batch_size or self.emb.batch_size)
+        self.rescale = "defer" if str(device).startswith("cuda") else "cpu"
+        self._embedder = None
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from .embed import Embedder
+
+            emb = self.emb
+            self._embedder = Embedder(self.model, channel_map=self.channel_map, normalize=emb.normalize,
+                                      mask=emb.mask, batch_size=self.batch_size, device=self.device,
+                                      precision=emb.precision, compile=emb.compile, num_workers=emb.num_workers)
+        return self._embedder
+
+    def crops(self, site: Any, seg: Any) -> Iterable[Any]:
+        """Lazy iterator of the site's :class:`~subcell_screen.crops.CropBatch` es."""
+        from .crops import iter_crops
+
+        emb = self.emb
+        return iter_crops(site, seg, target_pixel_size_um=emb.target_pixel_size_um, crop_size=emb.crop_size,
+                          mask=emb.mask, batch_size=emb.batch_size, rescale=self.rescale)
+
+    def embed(self, batches: Iterable[Any]) -> list[Any]:
+        """One :class:`~subcell_screen.embed.EmbeddingResult` per crop batch, in order."""
+        return list(self.embedder.embed_batches(batches, progress=False))
+
+    def compute(self, site: Any, seg: Any, *, raw_dtype: str | None = None) -> list[Any]:
+        return self.embed(self.crops(site, seg))
+
+    @staticmethod
+    def n_cells(results: list[Any]) -> int:
+        return int(sum(len(r.embedding) for r in results))
+
+    def write(self, store: Any, key: tuple[str, str, int], channel_names: Sequence[str], results: list[Any]) -> int:
+        from .embed import write_embeddings
+
+        emb = self.emb
+        sha = _files_info(self.model)
+        write_embeddings(store, results, feature_set=self.feature_set, dtype=emb.store_dtype,
+                         model=emb.model, model_sha256={k: str(v) for k, v in sha.items()},
+                         parameters={"crop_size": emb.crop_size, "normalize": emb.normalize, "mask": emb.mask,
+                                     "precision": emb.precision, "target_pixel_size_um": emb.target_pixel_size_um},
+                         sites=[key])
+        return self.n_cells(results)
+
+    def write_many(self, store: Any, keys: Sequence[tuple], channel_names: Sequence[str],
+                   outputs: Sequence[list[Any]]) -> None:
+        """:meth:`write` for several sites at once; as there, a site without cells gets no file."""
+        with_cells = [(key, results) for key, results in zip(keys, outputs) if results]
+        if with_cells:
+            self.write(store, with_cells[0][0], channel_names, [r for _, results in with_cells for r in results])
+
+
+#: Featurization errors recorded as a failed site; anything else stops the run.
+_FEATURE_ERRORS = (SubcellScreenError, ValueError, RuntimeError, KeyError)
+
+
+class _SiteProcessor:
+    """Compute of the per-site stages for loaded sites: QC rows, segmentation, protein readout, features.
+
+    Never touches the store, so it runs the same in this process or on a Ray worker.
+
+    Parameters
+    ----------
+    config
+        Run configuration.
+    segmenter, featurizer, feature_set
+        As resolved in the :class:`RunPlan`.
+    device
+        Torch device of the models.
+    cellpose
+        Loaded Cellpose model (segmentation is classical when None).
+    subcell
+        Loaded SubCell model (for ``featurizer="subcell:..."``).
+    embed_batch_size
+        Images per SubCell forward (default ``[embedding].batch_size``).
+    """
+
+    def __init__(self, config: RunConfig, *, segmenter: str, featurizer: str, feature_set: str, device: str,
+                 cellpose: Any = None, subcell: Any = None, embed_batch_size: int | None = None) -> None:
+        self.config = config
+        self.channel_map = config.channel_map()
+        self.cellpose = cellpose if segmenter.startswith("cellpose") else None
+        self.method = "cellpose" if self.cellpose is not None else "classical"
+        if featurizer == "classical":
+            self.features: Any = _ClassicalFeatures(config, feature_set=feature_set, channel_map=self.channel_map)
+        else:
+            self.features = _SubcellFeatures(config, feature_set=feature_set, channel_map=self.channel_map,
+                                             model=subcell, device=device, batch_size=embed_batch_size)
+
+    @classmethod
+    def from_plan(cls, config: RunConfig, plan: RunPlan) -> _SiteProcessor:
+        return cls(config, segmenter=plan.segmenter, featurizer=plan.featurizer, feature_set=plan.feature_set,
+                   device=plan.device, cellpose=plan._cellpose, subcell=plan._subcell)
+
+    def segment(self, site: Any) -> tuple[Any, pl.DataFrame | None, tuple[str, str] | None, float]:
+        """``(segmentation, protein readout rows, error, seconds)``; a failed site gives ``(None, None, error, s)``."""
+        from .segment import segment_site
+
+        t0 = time.perf_counter()
+        try:
+            seg = segment_site(site, channel_map=self.channel_map, method=self.method, model=self.cellpose,
+                               nucleus_diameter_um=self.config.segmentation.nucleus_diameter_um)
+        except Exception as exc:  # noqa: BLE001 - one bad site must not stop the plate
+            logger.warning("segmentation failed for %s: %s", site.record.key, exc)
+            return None, None, (type(exc).__name__, str(exc)), time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        protein = self.channel_map.protein_channel
+        readouts = _protein_readout(site, seg, protein) if protein else None
+        return seg, readouts, None, dt
+
+    def featurize(self, site: Any, seg: Any, *, raw_dtype: str | None = None,
+                  compute: Callable[[], Any] | None = None, key: tuple | None = None
+                  ) -> tuple[Any, tuple[str, str] | None, float]:
+        """``(features, error, seconds)``; ``seg`` may be a callable returning the segmentation (read lazily).
+
+        ``compute`` replaces the featurizer call (the Ray engine embeds crops made in another stage; ``site``
+        may then be None and ``key`` names the site in log messages).
+        """
+        t0 = time.perf_counter()
+        try:
+            if compute is not None:
+                out = compute()
+            else:
+                if callable(seg):
+                    seg = seg()
+                out = self.features.compute(site, seg, raw_dtype=raw_dtype)
+        except Exception as exc:  # noqa: BLE001
+            if not isinstance(exc, _FEATURE_ERRORS):
+                raise
+            logger.warning("featurization failed for %s: %s", key or site.record.key, exc)
+            return None, (type(exc).__name__, str(exc)), time.perf_counter() - t0
+        return out, None, time.perf_counter() - t0
+
+    def process(self, site: Any, *, segment: bool, featurize: bool, segmentation: Any = None,
+                raw_dtype: str | None = None) -> _SiteOutcome:
+        """All per-site stages of one loaded site (``segmentation``: the stored one when not segmenting)."""
+        out = _SiteOutcome(key=site.record.key, channel_names=tuple(site.channel_names), site_qc=_site_qc_rows(site))
+        seg = segmentation
+        if segment:
+            seg, readouts, error, dt = self.segment(site)
+            out = replace(out, segmented=True, segmentation=seg, readouts=readouts, seg_error=error, seg_seconds=dt)
+            if error is not None:
+                return out
+        if featurize:
+            feats, error, dt = self.featurize(site, seg, raw_dtype=raw_dtype)
+            out = replace(out, featurized=True, features=feats, feat_error=error, feat_seconds=dt)
+        return out
+
+
+@dataclass
+class _SiteTally:
+    """Running counts of the segment and embed stages (mutable accumulator of :func:`_record_site`)."""
+
+    seg: dict = field(default_factory=lambda: {"ok": 0, "failed": 0, "cells": 0, "seconds": 0.0, "messages": []})
+    emb: dict = field(default_factory=lambda: {"ok": 0, "failed": 0, "cells": 0, "seconds": 0.0, "messages": []})
+
+
+def _record_site(store: Any, out: _SiteOutcome, *, processor: _SiteProcessor, selection: _SiteSelection,
+                 tally: _SiteTally, run_id: str) -> None:
+    """Store one site's outcome (the single writer of the per-site stages)."""
+    from .segment import write_segmentation
+
+    plate, well, site = out.key
+    if out.load_error is not None:
+        store.set_site_status(plate, well, site, stage="load", status="failed", error=out.load_error, run_id=run_id)
+        res = tally.seg if selection.do_seg else tally.emb
+        res["messages"].append(f"{plate} {well} s{site}: {out.load_error}")
+        res["failed"] += 1
+        return
+    store.replace_rows("site_qc", out.site_qc, keys=["plate", "well", "site"])
+    if out.segmented:
+        if out.seg_error is not None:
+            kind, msg = out.seg_error
+            store.set_site_status(plate, well, site, stage="segment", status="failed", error=f"{kind}: {msg}",
+                                  run_id=run_id)
+            tally.seg["failed"] += 1
+            tally.seg["messages"].append(f"{plate} {well} s{site}: segmentation: {msg}")
+            return
+        seg = out.segmentation
+        if out.readouts is not None:
+            store.replace_rows("cell_readouts", out.readouts, keys={"plate": plate, "well": well, "site": int(site)})
+        write_segmentation(store, seg, method=processor.method, run_id=run_id, seconds=out.seg_seconds)
+        tally.seg["ok"] += 1
+        tally.seg["cells"] += seg.n_cells
+        tally.seg["seconds"] += out.seg_seconds
+    if out.featurized:
+        if out.feat_error is not None:
+            kind, msg = out.feat_error
+            store.set_site_status(plate, well, site, stage=selection.embed_stage, status="failed",
+                                  error=f"{kind}: {msg}", run_id=run_id)
+            tally.emb["failed"] += 1
+            tally.emb["messages"].append(f"{plate} {well} s{site}: features: {msg}")
+            return
+        t0 = time.perf_counter()
+        n = processor.features.write(store, out.key, out.channel_names, out.features)
+        dt = out.feat_seconds + time.perf_counter() - t0
+        store.set_site_status(plate, well, site, stage=selection.embed_stage, status="ok", n_cells=n, run_id=run_id,
+                              seconds=dt)
+        logger.info("embedded %s %s s%d: %d cells in %.2f s", plate, well, site, n, dt)
+        tally.emb["ok"] += 1
+        tally.emb["cells"] += n
+        tally.emb["seconds"] += dt
+
+
+def _site_stage_results(store: Any, selection: _SiteSelection, tally: _SiteTally, *,
+                        total_seconds: float) -> list[StageResult]:
+    """StageResults of the per-site stages; raises when a plate has no segmented site."""
+    sel = selection
     # plates with no readable site are an error, after every other site was processed and recorded
-    ok_plates = {k[0] for k in store.sites_with_stage("segment")} if do_seg else None
-    if do_seg:
-        dead = sorted({r.plate for r in index} - ok_plates)
+    if sel.do_seg:
+        ok_plates = {k[0] for k in store.sites_with_stage("segment")}
+        dead = sorted({r.plate for r in sel.index} - ok_plates)
         if dead:
             raise PipelineError(f"no site of plate(s) {dead} could be segmented; see the failed sites in the "
                                 "store (SELECT * FROM sites WHERE status = 'failed')")
-    load_msgs = [f"load: {msg}" for _key, msg in report.failures]
+    load_msgs = [f"load: {msg}" for _key, msg in sel.report.failures]
+    seg, emb = tally.seg, tally.emb
     out = []
-    total = time.perf_counter() - t_start
-    if do_seg:
-        out.append(StageResult("segment", seg_res["ok"], seg_res["failed"], skipped, seg_res["cells"],
-                               seg_res["seconds"] if do_emb else total, tuple(load_msgs + seg_res["messages"])))
-    if do_emb:
-        out.append(StageResult("embed", emb_res["ok"], emb_res["failed"], skipped, emb_res["cells"],
-                               emb_res["seconds"] if do_seg else total, tuple(emb_res["messages"])))
+    if sel.do_seg:
+        out.append(StageResult("segment", seg["ok"], seg["failed"] + len(sel.report.failures), sel.skipped,
+                               seg["cells"], seg["seconds"] if sel.do_emb else total_seconds,
+                               tuple(load_msgs + seg["messages"])))
+    if sel.do_emb:
+        out.append(StageResult("embed", emb["ok"], emb["failed"], sel.skipped, emb["cells"],
+                               emb["seconds"] if sel.do_seg else total_seconds, tuple(emb["messages"])))
     return out
+
+
+def _run_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, stages: Sequence[str], force: bool,
+               progress: bool | None, run_id: str) -> list[StageResult]:
+    from tqdm.auto import tqdm
+
+    from .io import SiteLoadError, iter_sites
+
+    t_start = time.perf_counter()
+    sel = _select_sites(store, config, plan, design, stages=stages, force=force)
+    illum = _illumination(store, config, sel.index, sorted({r.plate for r in sel.records}), force=force) \
+        if config.illumination_correction() and sel.records else None
+    processor = _SiteProcessor.from_plan(config, plan)
+    tally = _SiteTally()
+    bar = tqdm(total=len(sel.records), desc="sites", unit="site", disable=_no_progress(progress))
+    for record, site in iter_sites(sel.records, illumination=illum, raise_on_unreadable_plate=False):
+        bar.update(1)
+        if isinstance(site, SiteLoadError):
+            out = _SiteOutcome(key=record.key, load_error=str(site))
+        else:
+            need_seg, need_emb = sel.needs_segment(record.key), sel.needs_embed(record.key)
+            raw = _raw_dtype(store, record.key) if need_emb and np.issubdtype(site.data.dtype, np.floating) \
+                else None
+            stored = (lambda s=site: _segmentation_from_store(store, s)) if need_emb and not need_seg else None
+            out = processor.process(site, segment=need_seg, featurize=need_emb, segmentation=stored, raw_dtype=raw)
+        _record_site(store, out, processor=processor, selection=sel, tally=tally, run_id=run_id)
+    bar.close()
+    return _site_stage_results(store, sel, tally, total_seconds=time.perf_counter() - t_start)
 
 
 def _no_progress(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
-
-
-def _make_featurizer(store: Any, config: RunConfig, plan: RunPlan, channel_map: Any) -> Callable[[Any, Any], int]:
-    """A function ``(site, segmentation) -> n_cells`` that computes and stores one site's per-cell features."""
-    if plan.featurizer == "classical":
-        from .features import ClassicalFeaturizer, FeatureParams, write_features
-
-        params = FeatureParams(families=tuple(config.embedding.classical_families),
-                               zernike_degree=config.embedding.classical_zernike_degree)
-        featurizer = ClassicalFeaturizer(params=params, feature_set=plan.feature_set)
-        raw_dtypes: dict[tuple, str] = {}
-
-        def classical(site: Any, seg: Any) -> int:
-            scale = None
-            if np.issubdtype(site.data.dtype, np.floating):
-                # illumination-corrected pixels keep the source's units: scale by the source dtype like
-                # CellProfiler does for the raw image (uint16 -> 65535)
-                key = site.record.key
-                if key not in raw_dtypes:
-                    row = store.sql("SELECT dtype FROM sites WHERE plate = ? AND well = ? AND site = ?", list(key))
-                    raw_dtypes[key] = row["dtype"][0] if row.height and row["dtype"][0] else "float32"
-                raw = np.dtype(raw_dtypes.pop(key))
-                scale = float(np.iinfo(raw).max) if np.issubdtype(raw, np.integer) else None
-            table = featurizer.featurize_site(site, seg, channel_map=channel_map,
-                                              **({"intensity_scale": scale} if scale else {}))
-            names = featurizer.feature_names(featurizer.channel_names(site.channel_names, channel_map))
-            write_features(store, table, feature_set=plan.feature_set, feature_names=names,
-                           parameters=featurizer.parameters(), sites=[site.record.key])
-            return table.height
-
-        return classical
-
-    from .crops import iter_crops
-    from .embed import Embedder, write_embeddings
-
-    emb = config.embedding
-    embedder = Embedder(plan._subcell, channel_map=channel_map, normalize=emb.normalize, mask=emb.mask,
-                        batch_size=emb.batch_size, device=plan.device, precision=emb.precision,
-                        compile=emb.compile, num_workers=emb.num_workers)
-    sha = _files_info(plan._subcell)
-    rescale = "defer" if plan.device.startswith("cuda") else "cpu"
-
-    def subcell(site: Any, seg: Any) -> int:
-        batches = iter_crops(site, seg, target_pixel_size_um=emb.target_pixel_size_um, crop_size=emb.crop_size,
-                             mask=emb.mask, batch_size=emb.batch_size, rescale=rescale)
-        results = list(embedder.embed_batches(batches, progress=False))
-        write_embeddings(store, results, feature_set=plan.feature_set, dtype=emb.store_dtype,
-                         model=emb.model, model_sha256={k: str(v) for k, v in sha.items()},
-                         parameters={"crop_size": emb.crop_size, "normalize": emb.normalize, "mask": emb.mask,
-                                     "precision": emb.precision, "target_pixel_size_um": emb.target_pixel_size_um},
-                         sites=[site.record.key])
-        return int(sum(len(r.embedding) for r in results))
-
-    return subcell
 
 
 # ----------------------------------------------------------------------------------------------------------
