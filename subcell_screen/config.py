@@ -209,6 +209,8 @@ class RunConfig(_Section):
     report: ReportSection = ReportSection()
     ray: RaySection = RaySection()
     device: str = "auto"
+    workers: int | None = Field(default=None, gt=0, description=(
+        "Processes for the all-CPU path (classical segmentation + features); default: the CPU cores, max 8."))
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("device")

@@ -22,6 +22,7 @@ fallback; a fallback is announced in the plan's first lines, the log, the run re
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -303,8 +304,11 @@ def run(
     results: list[StageResult] = []
     reports: tuple[Path, ...] = ()
     with ScreenStore.create(config.screen.path) as store:
+        planned = {"featurizer": plan.featurizer, "segmenter": plan.segmenter, "device": plan.device,
+                   "feature_set": plan.feature_set, "fallbacks": list(plan.fallbacks)}
         run_id = store.start_run(command="run " + ",".join(stages), config=config.to_dict(), models=plan.models,
-                                 parameters={"stages": list(stages), "force": force, "engine": engine})
+                                 parameters={"stages": list(stages), "force": force, "engine": engine},
+                                 summary=planned)
         status, error = "ok", None
         try:
             design = _load_design(store, config)
@@ -330,9 +334,7 @@ def run(
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            summary = {"featurizer": plan.featurizer, "segmenter": plan.segmenter, "device": plan.device,
-                       "feature_set": plan.feature_set, "fallbacks": list(plan.fallbacks),
-                       "stages": [s.__dict__ for s in results]}
+            summary = {**planned, "stages": [s.__dict__ for s in results]}
             store.finish_run(run_id, status=status, summary=summary, error=error)
     return RunResult(run_id=run_id, store_path=Path(config.screen.path), plan=plan, stages=tuple(results),
                      reports=reports)
@@ -442,7 +444,8 @@ def _stored_segmentation(store: Any, key: tuple[str, str, int], *, pixel_size_um
                         qc=segmentation_qc(table), method=method, pixel_size_um=pixel_size_um)
 
 
-def _illumination(store: Any, config: RunConfig, index: Any, plates: Iterable[str], *, force: bool) -> dict:
+def _illumination(store: Any, config: RunConfig, index: Any, plates: Iterable[str], *, force: bool,
+                  progress: bool | None = None) -> dict:
     from .io import compute_illumination
 
     out = {}
@@ -451,7 +454,7 @@ def _illumination(store: Any, config: RunConfig, index: Any, plates: Iterable[st
         if stored:
             out[plate] = stored
             continue
-        funcs = compute_illumination(index, plate=plate)
+        funcs = compute_illumination(index, plate=plate, progress=progress)
         store.write_illumination(plate, dict(funcs), recipe=dict(funcs.recipe))
         out[plate] = dict(funcs)
     return out
@@ -486,13 +489,13 @@ class _SiteSelection:
 
 
 def _select_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, stages: Sequence[str],
-                  force: bool) -> _SiteSelection:
+                  force: bool, progress: bool | None = None) -> _SiteSelection:
     """Index the images, check every site (recorded in ``sites``) and pick the sites with work to do."""
     from .io import check_sites
 
     do_seg, do_emb = "segment" in stages, "embed" in stages
     index = site_index(config, design)
-    report = check_sites(index, store=store, raise_on_unreadable_plate=False)
+    report = check_sites(index, store=store, raise_on_unreadable_plate=False, progress=progress)
     load_failed = {tuple(key) for key, _msg in report.failures}
     embed_stage = f"embed:{plan.feature_set}"
     seg_done = frozenset() if force else frozenset(store.sites_with_stage("segment"))
@@ -826,6 +829,19 @@ def _site_stage_results(store: Any, selection: _SiteSelection, tally: _SiteTally
     return out
 
 
+def cpu_workers(config: RunConfig, plan: RunPlan) -> int:
+    """Processes the local engine uses for the per-site stages.
+
+    The all-CPU path (classical segmentation and classical features) runs sites in ``[run] workers`` processes
+    (default: the machine's cores, at most 8); a run with a torch model (Cellpose, SubCell) keeps the model
+    in this process and works site by site (the GPU does the heavy lifting).
+    """
+    if plan.segmenter != "classical" or plan.featurizer != "classical":
+        return 1
+    n = config.workers if config.workers is not None else min(os.cpu_count() or 1, 8)
+    return max(1, int(n))
+
+
 def _run_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, stages: Sequence[str], force: bool,
                progress: bool | None, run_id: str) -> list[StageResult]:
     from tqdm.auto import tqdm
@@ -833,25 +849,112 @@ def _run_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, sta
     from .io import SiteLoadError, iter_sites
 
     t_start = time.perf_counter()
-    sel = _select_sites(store, config, plan, design, stages=stages, force=force)
-    illum = _illumination(store, config, sel.index, sorted({r.plate for r in sel.records}), force=force) \
-        if config.illumination_correction() and sel.records else None
+    sel = _select_sites(store, config, plan, design, stages=stages, force=force, progress=progress)
+    illum = _illumination(store, config, sel.index, sorted({r.plate for r in sel.records}), force=force,
+                          progress=progress) if config.illumination_correction() and sel.records else None
     processor = _SiteProcessor.from_plan(config, plan)
     tally = _SiteTally()
     bar = tqdm(total=len(sel.records), desc="sites", unit="site", disable=_no_progress(progress))
-    for record, site in iter_sites(sel.records, illumination=illum, raise_on_unreadable_plate=False):
-        bar.update(1)
-        if isinstance(site, SiteLoadError):
-            out = _SiteOutcome(key=record.key, load_error=str(site))
-        else:
-            need_seg, need_emb = sel.needs_segment(record.key), sel.needs_embed(record.key)
-            raw = _raw_dtype(store, record.key) if need_emb and np.issubdtype(site.data.dtype, np.floating) \
-                else None
-            stored = (lambda s=site: _segmentation_from_store(store, s)) if need_emb and not need_seg else None
-            out = processor.process(site, segment=need_seg, featurize=need_emb, segmentation=stored, raw_dtype=raw)
-        _record_site(store, out, processor=processor, selection=sel, tally=tally, run_id=run_id)
+    workers = min(cpu_workers(config, plan), max(1, len(sel.records)))
+
+    def task(record: Any) -> tuple:
+        need_seg, need_emb = sel.needs_segment(record.key), sel.needs_embed(record.key)
+        raw = _raw_dtype(store, record.key) if need_emb else None
+        stored = _stored_segmentation(store, record.key, pixel_size_um=record.pixel_size_um) \
+            if need_emb and not need_seg else None
+        return record, need_seg, need_emb, stored, raw
+
+    if workers > 1:
+        logger.info("per-site stages in %d processes", workers)
+        for out in _process_pool_outcomes(config, plan, (task(r) for r in sel.records), illum, workers=workers):
+            bar.update(1)
+            _record_site(store, out, processor=processor, selection=sel, tally=tally, run_id=run_id)
+    else:
+        for record, site in iter_sites(sel.records, illumination=illum, raise_on_unreadable_plate=False,
+                                       progress=False):
+            bar.update(1)
+            if isinstance(site, SiteLoadError):
+                out = _SiteOutcome(key=record.key, load_error=str(site))
+            else:
+                _, need_seg, need_emb, stored, raw = task(record)
+                if raw is not None and not np.issubdtype(site.data.dtype, np.floating):
+                    raw = None
+                out = processor.process(site, segment=need_seg, featurize=need_emb, segmentation=stored,
+                                        raw_dtype=raw)
+            _record_site(store, out, processor=processor, selection=sel, tally=tally, run_id=run_id)
     bar.close()
     return _site_stage_results(store, sel, tally, total_seconds=time.perf_counter() - t_start)
+
+
+# -- process pool for the all-CPU path: workers load and compute, this process records --------------------
+
+_POOL: dict[str, Any] = {}
+
+
+def _pool_init(config: RunConfig, feature_set: str, illumination_dir: str | None) -> None:
+    import threadpoolctl  # one BLAS thread per worker process: the processes are the parallelism
+
+    threadpoolctl.threadpool_limits(1)
+    _POOL["processor"] = _SiteProcessor(config, segmenter="classical", featurizer="classical",
+                                        feature_set=feature_set, device="cpu")
+    _POOL["illumination_dir"] = illumination_dir
+    _POOL["illumination"] = (None, None)
+
+
+def _pool_illumination(plate: str) -> dict | None:
+    """The plate's illumination functions, read once per plate from the run's temp folder."""
+    folder = _POOL["illumination_dir"]
+    if folder is None:
+        return None
+    cached_plate, funcs = _POOL["illumination"]
+    if cached_plate != plate:
+        path = Path(folder) / f"{plate}.npz"
+        funcs = dict(np.load(path)) if path.is_file() else None
+        _POOL["illumination"] = (plate, funcs)
+    return funcs
+
+
+def _pool_task(record: Any, need_seg: bool, need_emb: bool, stored: Any, raw: str | None) -> _SiteOutcome:
+    from .io import SiteLoadError, load_site
+
+    try:
+        site = load_site(record, illumination=_pool_illumination(record.plate))
+    except SiteLoadError as exc:
+        return _SiteOutcome(key=record.key, load_error=str(exc))
+    if raw is not None and not np.issubdtype(site.data.dtype, np.floating):
+        raw = None
+    return _POOL["processor"].process(site, segment=need_seg, featurize=need_emb, segmentation=stored,
+                                      raw_dtype=raw)
+
+
+def _process_pool_outcomes(config: RunConfig, plan: RunPlan, tasks: Iterable[tuple], illumination: dict | None,
+                           *, workers: int) -> Iterable[_SiteOutcome]:
+    """Outcomes of ``tasks`` computed in ``workers`` spawned processes, in task order, a bounded window ahead."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    import tempfile
+
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe with polars' and BLAS' threads
+    with tempfile.TemporaryDirectory(prefix="subcell_screen_illum_") as illum_dir, \
+            ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_init,
+                                initargs=(config, plan.feature_set,
+                                          illum_dir if illumination else None)) as pool:
+        for plate, funcs in (illumination or {}).items():  # workers read one plate's functions at a time
+            np.savez(Path(illum_dir) / f"{plate}.npz", **funcs)
+        window: deque = deque()
+        try:
+            for args in tasks:
+                window.append(pool.submit(_pool_task, *args))
+                if len(window) >= 2 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        except BaseException:
+            for fut in window:
+                fut.cancel()
+            raise
 
 
 def _no_progress(progress: bool | None) -> bool | None:
@@ -892,8 +995,11 @@ def _run_profile(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
     if prof.batch_correction == "harmony":
         from .profiles import correct_batch
 
-        normalized = correct_batch(normalized, by="Metadata_batch" if "Metadata_batch" in normalized.columns
-                                   else "Metadata_Plate", method="harmony")
+        batch_col = "Metadata_Batch" if "Metadata_Batch" in normalized.columns else "Metadata_Plate"
+        if normalized[batch_col].n_unique() > 1:
+            normalized = correct_batch(normalized, by=batch_col, method="harmony")
+        else:
+            messages.append(f"batch correction skipped: one value of {batch_col}")
     for profile_set, frame in (("raw", wide), ("normalized", normalized)):
         _store_profiles(store, frame, profile_set=profile_set, feature_set=fs)
     _create_views(store)

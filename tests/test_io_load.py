@@ -230,3 +230,14 @@ def test_check_sites_plate_without_readable_site_is_an_error_after_recording(tmp
             check_sites(index, store=store)
         assert e.value.report.n_failed == 2
         assert store.sql("SELECT count(*) AS n FROM sites WHERE status = 'failed'")["n"][0] == 2
+
+
+def test_site_record_pickles():
+    import pickle
+
+    from subcell_screen.io import SiteRecord
+
+    rec = SiteRecord(plate="P", well="A01", site=1, channels={"DNA": "a.tif", "ER": "b.tif"}, pixel_size_um=0.6,
+                     reader="phenix")
+    back = pickle.loads(pickle.dumps(rec))
+    assert back == rec and list(back.channels) == ["DNA", "ER"]

@@ -224,3 +224,22 @@ def test_kill_during_embedding_and_resume_gives_clean_result(tmp_path):
                    "WHERE stage LIKE 'embed:%' AND status = 'ok'").row(0)
         assert st == (12, 12)
     _ = time
+
+
+def test_process_pool_gives_the_same_rows_as_one_process(smoke_screen, tmp_path):
+    from subcell_screen.pipeline import cpu_workers
+
+    results = {}
+    for workers in (1, 2):
+        cfg = _config(smoke_screen, tmp_path / f"w{workers}", embedding={"featurizer": "classical", **FAST_CLASSICAL})
+        cfg = cfg.model_copy(update={"workers": workers})
+        result = run(cfg, stages=("segment", "embed"), progress=False)
+        assert cpu_workers(cfg, result.plan) == workers
+        with ScreenStore.open(cfg.screen.path, read_only=True) as store:
+            results[workers] = (store.sql("SELECT * EXCLUDE (updated_at) FROM sites ORDER BY ALL"),
+                                store.sql("SELECT * FROM cells ORDER BY ALL"),
+                                store.sql("SELECT * FROM cell_readouts ORDER BY ALL"),
+                                store.read_cell_features(result.plan.feature_set).sort("plate", "well", "site",
+                                                                                      "cell_id"))
+    for a, b in zip(results[1], results[2]):
+        assert a.height > 0 and a.equals(b)

@@ -43,6 +43,10 @@ class SiteRecord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", MappingProxyType(dict(self.channels)))
 
+    def __reduce__(self) -> tuple:
+        # mappingproxy does not pickle; records travel to worker processes
+        return (SiteRecord, (self.plate, self.well, self.site, dict(self.channels), self.pixel_size_um, self.reader))
+
     @property
     def key(self) -> tuple[str, str, int]:
         """``(plate, well, site)``."""
