@@ -27,7 +27,7 @@ timeout 90 python3 benchmarks/embed_throughput.py --device cuda --sizes 640 --ba
     --json "$OUT/embed640.json"
 echo "[embed 640 rc=$? after $(( $(date +%s) - t0 )) s]"
 echo "== 2. GPU tests"
-timeout 75 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_embed_gpu.py tests/test_score_map.py tests/test_segment_cellpose.py
+timeout 75 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_embed_gpu.py tests/test_score_map.py tests/test_segment_cellpose.py tests/test_distributed_gpu.py
 echo "[gpu tests rc=$? after $(( $(date +%s) - t0 )) s]"
 echo "== 3. Cellpose-SAM throughput (random ViT-L weights: no weights on this offline box), batched vs cellpose eval"
 timeout 90 python3 benchmarks/segment_throughput.py --skip-classical --gpu-sites 8 --reference-sites 2

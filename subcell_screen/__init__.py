@@ -61,9 +61,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._errors import (ChannelMapError, ConfigError, LayoutError, StoreError, StoreVersionError,
-                          SubcellScreenError)
+if TYPE_CHECKING:  # pragma: no cover  (static view of the lazy names above)
+    # ruff: noqa: F401
+    from ._errors import (
+        ChannelMapError,
+        ConfigError,
+        LayoutError,
+        StoreError,
+        StoreVersionError,
+        SubcellScreenError,
+    )
     from .channels import ChannelMap
     from .config import RunConfig, load_config
     from .layouts import read_layout, read_plates_table

@@ -313,7 +313,7 @@ def validate_layout(
         raise LayoutError(f"unknown plate format {plate_format}; expected one of {sorted(PLATE_FORMATS)}",
                           path=path)
     seen: dict[str, int] = {}
-    for well, rec, line in zip(wells, records, lines):
+    for well, line in zip(wells, lines):
         try:
             normalize_well(well, plate_format=plate_format)
         except ValueError as exc:

@@ -931,10 +931,9 @@ def _process_pool_outcomes(config: RunConfig, plan: RunPlan, tasks: Iterable[tup
                            *, workers: int) -> Iterable[_SiteOutcome]:
     """Outcomes of ``tasks`` computed in ``workers`` spawned processes, in task order, a bounded window ahead."""
     import multiprocessing
+    import tempfile
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
-
-    import tempfile
 
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with polars' and BLAS' threads
     with tempfile.TemporaryDirectory(prefix="subcell_screen_illum_") as illum_dir, \
@@ -966,7 +965,7 @@ def _no_progress(progress: bool | None) -> bool | None:
 
 
 def _run_profile(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
-    from .profiles import NEGCON, feature_select, from_wide, normalize, well_profiles_from_store
+    from .profiles import NEGCON, feature_select, normalize, well_profiles_from_store
 
     t0 = time.perf_counter()
     prof = config.profiles
@@ -1070,7 +1069,7 @@ def read_profiles(store: Any, *, profile_set: str = "normalized") -> pl.DataFram
 
 
 def _run_score(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
-    from .score import dose_response, hit_table, relocalization
+    from .score import dose_response, hit_table
 
     t0 = time.perf_counter()
     sc = config.scoring
