@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd bf16")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers reference")
+    ap.add_argument("--pure", action="store_true", help="also time precision='bf16-pure' (bf16 residual stream)")
     ap.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end Embedder row")
     ap.add_argument("--check", action="store_true", help="accuracy checks (bf16 cosine, HF agreement)")
@@ -101,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = SubCellModel.from_state_dicts(enc, clfs, card=card, device=dev, precision="fp32")
     bf16 = SubCellModel(fp32.net, card=card, device=dev, precision="bf16")
     compiled = SubCellModel(fp32.net, card=card, device=dev, precision="bf16", compile=True) if args.compile else None
+    pure = pure_c = None
+    if args.pure:  # bf16 weights and residual stream (own copy of the network)
+        import copy
+
+        pure = SubCellModel(copy.deepcopy(fp32.net), card=card, device=dev, precision="bf16-pure")
+        if args.compile:
+            pure_c = SubCellModel(pure.net, card=card, device=dev, precision="bf16-pure", compile=True)
     hf = None
     if not args.no_hf:
         try:
@@ -118,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         cands = [("engine bf16", lambda x=x: bf16.forward_device(x), peak_bf16)]
         if compiled is not None:
             cands.append(("engine bf16 compiled", lambda x=x: compiled.forward_device(x), peak_bf16))
+        if pure is not None:
+            cands.append(("engine bf16-pure", lambda x=x: pure.forward_device(x), peak_bf16))
+        if pure_c is not None:
+            cands.append(("engine bf16-pure compiled", lambda x=x: pure_c.forward_device(x), peak_bf16))
         cands.append(("engine fp32", lambda x=x: fp32.forward_device(x), peak_fp32))
         if hf is not None:
             def run_hf(x=x):
@@ -172,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             dp16 = (o16.probabilities - o32.probabilities).abs().max().item()
             rec = {"size": size, "bf16_vs_fp32_min_cosine": cos, "bf16_vs_fp32_max_abs_prob": dp16}
             failed |= cos < 0.999
+            if pure is not None:
+                op = pure.forward_device(xc)
+                rec["bf16_pure_vs_fp32_min_cosine"] = torch.nn.functional.cosine_similarity(
+                    op.embedding, o32.embedding).min().item()
+                rec["bf16_pure_vs_fp32_max_abs_prob"] = (op.probabilities - o32.probabilities).abs().max().item()
             if hf is not None:
                 with torch.inference_mode():
                     r = hf(xc)
@@ -201,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {c['size']}² | {c['bf16_vs_fp32_min_cosine']:.6f} | {c['bf16_vs_fp32_max_abs_prob']:.2e} | "
                   f"{c.get('fp32_vs_hf_max_abs_embedding', float('nan')):.2e} | "
                   f"{c.get('fp32_vs_hf_max_abs_prob', float('nan')):.2e} |")
+        for c in checks:
+            if "bf16_pure_vs_fp32_min_cosine" in c:
+                print(f"\n{c['size']}²: bf16-pure vs fp32 min cosine {c['bf16_pure_vs_fp32_min_cosine']:.6f}, "
+                      f"max abs prob {c['bf16_pure_vs_fp32_max_abs_prob']:.2e}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "checks": checks}, indent=1))
     if failed:

@@ -317,3 +317,23 @@ def test_bf16_cpu_autocast_close_to_fp32(tmp_path):
     assert float(cos.min()) >= 0.999
     assert float((a.embedding - b.embedding).abs().max()) > 0   # bf16 really ran
     assert b.embedding.dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [128, 144])  # 144: interpolated positions in bf16
+def test_bf16_pure_close_to_fp32_and_leaves_the_fp32_model_alone(size):
+    import copy
+
+    card = get_model_card("rybg/ViT-ProtS-Pool")
+    arch = _tiny_arch(card, hidden_size=128, num_heads=2, num_layers=3)
+    enc, clfs = random_public_state_dicts(arch, seed=5)
+    m32 = SubCellModel.from_state_dicts(enc, clfs, card=card, architecture=arch, device="cpu")
+    pure = SubCellModel(copy.deepcopy(m32.net), card=card, device=m32.device, precision="bf16-pure")
+    assert next(pure.net.encoder.parameters()).dtype == torch.bfloat16
+    assert next(pure.net.classifiers.parameters()).dtype == torch.float32
+    assert next(m32.net.encoder.parameters()).dtype == torch.float32
+    x = torch.rand(4, 4, size, size, generator=torch.Generator().manual_seed(2))
+    a, b = m32(x), pure(x)
+    cos = torch.nn.functional.cosine_similarity(a.embedding, b.embedding)
+    assert float(cos.min()) >= 0.999, float(cos.min())
+    assert float((a.embedding - b.embedding).abs().max()) > 0
+    assert b.embedding.dtype == torch.float32 and float((a.probabilities - b.probabilities).abs().max()) < 0.02

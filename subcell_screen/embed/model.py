@@ -63,7 +63,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
-               "float16": "fp16"}
+               "float16": "fp16", "bf16-pure": "bf16-pure"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,10 +136,10 @@ class Encoder(nn.Module):
             return self.pos_embed
         dim = self.pos_embed.shape[-1]
         side = int(num_positions ** 0.5)
-        grid = self.pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        grid = self.pos_embed[:, 1:].float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(height // self.patch_size, width // self.patch_size), mode="bicubic",
                              align_corners=False)
-        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(self.pos_embed.dtype)
         return torch.cat((self.pos_embed[:, :1], grid), dim=1)
 
     def forward(self, x: torch.Tensor, need_cls_attention: bool = False
@@ -537,12 +537,17 @@ class SubCellModel:
                  sha256: Mapping[str, str] | None = None, synthetic: bool = False, compile: bool | str = False
                  ) -> None:
         if precision not in _PRECISIONS:
-            raise ModelError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
+            raise ModelError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'bf16-pure'")
         self.card = card
         self.architecture = net.arch
         self.device = device
         self.precision = _PRECISIONS[precision]
         self.net = net.to(device).eval().requires_grad_(False)
+        if self.precision == "bf16-pure":
+            # encoder and pooler weights and activations in bf16 (residual stream included: less memory traffic
+            # than autocast's fp32 residual stream); pooling softmax/weighted sum and classifier stay fp32
+            self.net.encoder.to(torch.bfloat16)
+            self.net.pooler.to(torch.bfloat16)
         self.sha256 = dict(sha256 or {})
         self.synthetic = synthetic
         self._compiled = None
@@ -612,7 +617,7 @@ class SubCellModel:
     # -- inference -------------------------------------------------------------------------------------------
     def autocast(self) -> Any:
         """The autocast context of this model's precision (a no-op context for fp32)."""
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "bf16-pure"):
             return torch.autocast(self.device.type, enabled=False)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
@@ -632,6 +637,8 @@ class SubCellModel:
     def forward_device(self, x: torch.Tensor, *, attention: bool = False, hidden_states: bool = False) -> SubCellOutput:
         """Forward a float32 tensor already on :attr:`device`; outputs stay on the device (float32)."""
         fn = self._compiled if (self._compiled is not None and not attention and not hidden_states) else self.net
+        if self.precision == "bf16-pure":
+            x = x.to(torch.bfloat16)
         with torch.inference_mode(), self.autocast():
             emb, probs, pa, ca, tok = fn(x, attention, hidden_states) if fn is self.net else fn(x)
         return SubCellOutput(emb.float(), None if probs is None else probs.float(),
