@@ -43,7 +43,7 @@ import polars as pl
 
 from ._errors import StoreError, StoreVersionError
 
-__all__ = ["ScreenStore", "SCHEMA_VERSION", "EXAMPLE_QUERIES", "encode_array", "decode_array"]
+__all__ = ["ScreenStore", "SCHEMA_VERSION", "EXAMPLE_QUERIES", "encode_array", "decode_array", "write_parquet_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,25 @@ def encode_array(array: np.ndarray) -> bytes:
 def decode_array(blob: bytes) -> np.ndarray:
     """Inverse of :func:`encode_array`."""
     return np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` to ``path`` as zstd Parquet so that readers only ever see a complete file.
+
+    The file is written to a hidden temp file in the same folder (``.<name>.<random>.tmp``, which globs for
+    ``*.parquet`` do not match), synced, and renamed into place; an existing file is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _safe_name(value: object) -> str:
@@ -529,18 +548,8 @@ class ScreenStore:
         a fixed-width ``features`` array plus optional ``probabilities``. An empty frame is written too, so
         that "this site has no cells" is recorded.
         """
-        folder = self.cells_dir(feature_set, plate)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{_safe_name(well)}_s{int(site)}.parquet"
-        tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            df.write_parquet(tmp, compression="zstd", statistics=True)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final
+        final = self.cells_dir(feature_set, plate) / f"{_safe_name(well)}_s{int(site)}.parquet"
+        return write_parquet_atomic(df, final)
 
     def cell_feature_files(self, feature_set: str, *, plate: str | None = None) -> list[Path]:
         """Complete Parquet files of a feature set (temp files excluded)."""

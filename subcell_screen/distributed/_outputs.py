@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ..store import _safe_name, decode_array, encode_array
+from ..store import _safe_name, decode_array, encode_array, write_parquet_atomic
 
 SITES_DIR = "sites"
 FEATURES_DIR = "features"
@@ -144,15 +142,7 @@ def inflight_file(output: str | Path, stage: str, key: tuple[str, str, int]) -> 
 
 
 def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_parquet_atomic(df, path)
 
 
 def _ipc(df: pl.DataFrame | None) -> bytes | None:
