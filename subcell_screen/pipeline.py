@@ -416,9 +416,9 @@ def _protein_readout(site: Any, seg: Any, channel: str) -> pl.DataFrame:
     nuc_mask = nuclei > 0
     cyto = np.where(nuc_mask, 0, cells)
     nuc = np.where(nuc_mask, cells, 0)
-    nuc_mean = np.asarray(ndimage.mean(img, nuc, ids), dtype=np.float64)
-    cyto_mean = np.asarray(ndimage.mean(img, cyto, ids), dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # a cell without nucleus or cytoplasm gives NaN
+        nuc_mean = np.asarray(ndimage.mean(img, nuc, ids), dtype=np.float64)
+        cyto_mean = np.asarray(ndimage.mean(img, cyto, ids), dtype=np.float64)
         ratio = np.where(cyto_mean > 0, nuc_mean / cyto_mean, np.nan)
     return pl.DataFrame({"plate": site.record.plate, "well": site.record.well, "site": int(site.record.site),
                          "cell_id": ids.astype(np.int32), "protein_nuc_cyto_ratio": ratio},
