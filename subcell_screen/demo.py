@@ -39,7 +39,8 @@ class DemoResult:
             lines = [self.summary, "",
                      f"screen store: {self.store_path / 'screen.duckdb'}",
                      *[f"report:       {p}" for p in self.reports],
-                     "", "top hits (activity mAP vs DMSO, BH q-values):", str(self.top_hits)]
+                     "", "top hits (activity mAP vs DMSO, BH q-values):",
+                     str(self.top_hits) if self.top_hits.height else "  not computed (see the score stage above)"]
             if self.relocalization.height:
                 lines += ["", "relocalization (protein, perturbation, from -> to):", str(self.relocalization)]
             lines += ["", f"planted effects: {self.out / 'input' / 'answer_key.csv'}",
@@ -47,10 +48,40 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def demo_config(out: str | Path, *, seed: int = 0, progress: bool | None = None) -> tuple[object, object]:
+def choose_featurizer(choice: str, *, model: str, cache_dir: str | Path | None = None) -> tuple[str, str]:
+    """``(featurizer, reason)`` for the demo.
+
+    ``auto`` uses SubCell when its weights are already in the model cache *and* a CUDA device is present (the
+    demo never downloads 350 MB on its own, and SubCell on 2 CPU cores would take hours for ~4,700 cells at
+    640 px); otherwise the classical featurizer. ``subcell`` forces SubCell (downloading the weights when
+    missing and allowed); ``classical`` forces classical features.
+    """
+    if choice == "classical":
+        return "classical", "classical features requested (--featurizer classical)"
+    if choice == "subcell":
+        return "subcell", "SubCell requested (--featurizer subcell)"
+    from .embed import WeightsError, ensure_model_files
+
+    try:
+        ensure_model_files(model, cache_dir=cache_dir, offline=True)
+    except WeightsError:
+        return "classical", (f"SubCell weights for {model} are not in the model cache: using classical "
+                             f"CellProfiler-style features (get them with `subcell-screen models download {model}`, "
+                             "then rerun with --featurizer subcell)")
+    import torch
+
+    if not torch.cuda.is_available():
+        return "classical", ("no CUDA device: SubCell on the CPU would take hours for this screen, so the demo uses "
+                             "classical features (rerun with --featurizer subcell to embed on the CPU anyway)")
+    return "subcell", f"SubCell {model} on the GPU (weights found in the model cache)"
+
+
+def demo_config(out: str | Path, *, seed: int = 0, progress: bool | None = None,
+                featurizer: str = "classical", preset: str = "demo") -> tuple[object, object]:
     """Simulate the demo screen under ``out/input`` and return ``(config, simulated_screen)``.
 
-    The config writes the store to ``out`` (``out/screen.duckdb``) and reports to ``out/reports``.
+    The config writes the store to ``out`` (``out/screen.duckdb``) and reports to ``out/reports``;
+    ``featurizer`` (``classical`` or ``subcell``) is the per-cell featurizer.
     """
     from .config import load_config
     from .simulate import simulate_screen
@@ -62,7 +93,7 @@ def demo_config(out: str | Path, *, seed: int = 0, progress: bool | None = None)
 
         sim = open_simulated_screen(sim_dir)
     else:
-        sim = simulate_screen(sim_dir, style="hpa", preset="demo", seed=seed)
+        sim = simulate_screen(sim_dir, style="hpa", preset=preset, seed=seed)
     cfg = load_config(sim.config)
     cfg = cfg.model_copy(update={
         "screen": cfg.screen.model_copy(update={"path": out.resolve()}),
@@ -70,13 +101,14 @@ def demo_config(out: str | Path, *, seed: int = 0, progress: bool | None = None)
         # Haralick texture is ~80 % of the classical featurizer's time; the demo skips it to stay within a few
         # minutes on 2 CPU cores (the planted effects do not need it)
         "embedding": cfg.embedding.model_copy(update={
-            "classical_families": ["shape", "intensity", "correlation", "radial"]}),
+            "featurizer": featurizer, "classical_families": ["shape", "intensity", "correlation", "radial"]}),
     })
     return cfg, sim
 
 
 def run_demo(out: str | Path = "demo_out", *, seed: int = 0, force: bool = False, progress: bool | None = None,
-             echo: Callable[[str], None] | None = None) -> DemoResult:
+             featurizer: str = "auto", preset: str = "demo", echo: Callable[[str], None] | None = None
+             ) -> DemoResult:
     """Simulate the demo screen and run every stage on it.
 
     Parameters
@@ -89,6 +121,10 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, force: bool = False
         Recompute everything instead of resuming.
     progress
         Progress bars.
+    featurizer
+        ``auto``, ``subcell`` or ``classical`` (see :func:`choose_featurizer`).
+    preset
+        Simulation preset (``demo``; ``smoke`` is a 4-well plate for quick checks).
     echo
         Where to print the plan's first lines (the CLI passes ``click.echo``).
 
@@ -101,11 +137,15 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, force: bool = False
 
     t0 = time.perf_counter()
     say = echo or (lambda s: logger.info(s))
+    from .config import EmbeddingSection
+
+    chosen, reason = choose_featurizer(featurizer, model=EmbeddingSection().model)
+    say(f"featurizer choice: {reason}")
     say(f"simulating the demo screen under {Path(out) / 'input'} ...")
-    cfg, sim = demo_config(out, seed=seed, progress=progress)
+    cfg, sim = demo_config(out, seed=seed, progress=progress, featurizer=chosen, preset=preset)
     result = run(cfg, force=force, progress=progress, on_plan=lambda plan: [say(line) for line in plan.lines()])
     with ScreenStore.open(cfg.screen.path, read_only=True) as store:
-        hits = top_hits(store, n=10)
+        hits = top_hits(store, n=10) if store.has_table("scores") else pl.DataFrame()
         reloc = store.sql("SELECT protein, perturbation_id, readout, from_class, to_class, effect_size, q_value "
                           "FROM relocalization ORDER BY q_value, p_value LIMIT 8") \
             if store.has_table("relocalization") else pl.DataFrame()

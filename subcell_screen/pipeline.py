@@ -1086,6 +1086,15 @@ def _run_score(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
         messages.append(f"{len(bad)} well(s) with non-finite profiles left out of scoring, e.g. {bad[:3]}")
         wide, x = wide.filter(pl.Series(ok_rows)), x[ok_rows]
     meta = wide.select(meta_cols)
+    n_negcon = meta.filter(pl.col("Metadata_control_type") == "negcon").height
+    replicated = meta.filter(pl.col("Metadata_control_type").is_null()).group_by("Metadata_perturbation_id").len()
+    if n_negcon < 2 or replicated.filter(pl.col("len") >= 2).height == 0:
+        # activity mAP ranks a perturbation's replicate wells against negcon wells: nothing to rank here
+        msg = (f"scoring skipped: phenotypic activity needs >= 2 negcon wells and a perturbation in >= 2 wells "
+               f"(found {n_negcon} negcon wells, at most {int(replicated['len'].max() or 0)} well(s) per "
+               "perturbation)")
+        logger.warning(msg)
+        return StageResult("score", seconds=time.perf_counter() - t0, messages=(msg,))
     # one activity/hit row per perturbation across doses: identity = id (+ concentration for dose series)
     hits = hit_table(meta, x, q_threshold=sc.threshold, min_effect_size=sc.min_effect_size,
                      null_size=sc.null_size, seed=sc.seed)
