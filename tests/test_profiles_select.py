@@ -180,3 +180,86 @@ def test_bad_arguments():
     inf = df.assign(f001=np.inf)
     with pytest.raises(ValueError, match=r"infinite values: 'f001'"):
         feature_select(inf, operation="variance_threshold")
+
+
+def _lowrank(seed=5, n=240, d=560, dup=24) -> pd.DataFrame:
+    """Correlated features (rank-12 latent + noise) with near-duplicates (corr ~0.99), a negative duplicate
+    (not flagged: the test is signed), constant and exactly duplicated columns."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12)) @ rng.normal(size=(12, d)) + 0.6 * rng.normal(size=(n, d))
+    src = rng.choice(np.arange(dup, d), dup, replace=False)
+    x[:, :dup] = x[:, src] + 0.15 * rng.normal(size=(n, dup))
+    x[:, dup] = -x[:, dup + 1] + 0.01 * rng.normal(size=n)
+    x[:, d - 1] = 7.0
+    return pd.DataFrame(x * rng.uniform(0.5, 20, d) + rng.normal(0, 50, d),
+                        columns=[f"f{i:03d}" for i in range(d)])
+
+
+def _spy(monkeypatch):
+    """Record whether the exact screen decided (it returns None when it hands over to the full matrix)."""
+    from subcell_screen.profiles import _select
+
+    calls = {"screen": [], "full": 0}
+    screen, full = _select._screened_corr, _select._gram_corr
+
+    def spy_screen(*a, **k):
+        out = screen(*a, **k)
+        calls["screen"].append(out is not None)
+        return out
+
+    def spy_full(*a, **k):
+        calls["full"] += 1
+        return full(*a, **k)
+
+    monkeypatch.setattr(_select, "_screened_corr", spy_screen)
+    monkeypatch.setattr(_select, "_gram_corr", spy_full)
+    return calls
+
+
+@pytest.mark.parametrize(("threshold", "method"), [(0.9, "pearson"), (0.95, "pearson"), (0.9, "spearman")])
+def test_correlation_screen_selects_like_pycytominer(monkeypatch, threshold, method):
+    df = _lowrank()
+    calls = _spy(monkeypatch)
+    ref = _pyc_select(df, "correlation_threshold", corr_threshold=threshold, corr_method=method)
+    ours = feature_select(df, operation="correlation_threshold", corr_threshold=threshold, corr_method=method)
+    assert list(ours.columns) == list(ref.columns)
+    assert 10 <= df.shape[1] - ref.shape[1] <= 40  # near-duplicates dropped, the rest kept
+    assert calls == {"screen": [True], "full": 0}  # decided by the screen alone, no d x d matrix
+
+
+def test_correlation_screen_hands_over_on_ties_and_dense_correlation(monkeypatch):
+    df = _lowrank()
+    df["f001"] = df["f000"]  # exact duplicate pair: equal sum |corr|, pycytominer's sort order decides
+    calls = _spy(monkeypatch)
+    ref = _pyc_select(df, "correlation_threshold")
+    ours = feature_select(df, operation="correlation_threshold")
+    assert list(ours.columns) == list(ref.columns)
+    assert len(calls["screen"]) == 1 and calls["full"] == 1  # the tie sends the ranking to the full matrix
+    calls["screen"].clear()
+    calls["full"] = 0
+    ref = _pyc_select(df, "correlation_threshold", corr_threshold=0.3)  # most features correlated: no screen
+    ours = feature_select(df, operation="correlation_threshold", corr_threshold=0.3)
+    assert list(ours.columns) == list(ref.columns) and df.shape[1] - ref.shape[1] > 200
+    assert calls == {"screen": [False], "full": 1}
+
+
+def test_frequency_screen_only_skips_columns_that_are_kept():
+    """Columns with values repeated just above/below the screen's limit (count(most common) vs 1/freq_cut)."""
+    rng = np.random.default_rng(2)
+    n = 400
+    cols = {}
+    for reps in (3, 19, 20, 21, 25, 120):  # one value repeated `reps` times, the rest unique
+        x = rng.normal(size=n)
+        x[:reps] = 0.0
+        x[reps // 2:reps] = -0.0  # -0.0 and 0.0 are one value
+        cols[f"r{reps:03d}"] = x
+    cols["int"] = rng.integers(0, 300, n).astype(float)
+    cols["two"] = np.where(rng.random(n) < 0.5, 1.0, 2.0)
+    df = pd.DataFrame(cols)
+    for fc, uc in [(0.05, 0.01), (0.05, 0.6), (0.2, 0.01), (1.0, 0.0)]:
+        ref = _pyc_select(df, "frequency_threshold", freq_cut=fc, unique_cut=uc)
+        ours = feature_select(df, operation="frequency_threshold", freq_cut=fc, unique_cut=uc)
+        assert list(ours.columns) == list(ref.columns), (fc, uc)
+    ref = _pyc_select(df, "frequency_threshold")
+    # count > 20: ratio 1/count < 0.05; two values: 2 / 400 unique < 0.01
+    assert set(df.columns) - set(ref.columns) == {"r021", "r025", "r120", "two"}

@@ -11,7 +11,8 @@ or pandas DataFrame; the result has the input's type):
 * :func:`correct_batch` — Harmony across batches or plates.
 
 Array-layout helpers for the screen store (per-cell ``features`` = ``pl.Array(pl.Float32, D)``):
-:func:`aggregate_array`, :func:`to_wide`, :func:`from_wide`, :func:`well_profiles_from_store`.
+:func:`aggregate_array`, :func:`to_wide`, :func:`from_wide`, :func:`well_profiles_from_store`; the store's
+per-site Parquet files are read straight into numpy by :func:`read_site_arrays` (:func:`site_profiles`).
 
 Example
 -------
@@ -34,12 +35,14 @@ from ._aggregate import (
                          consensus,
                          from_wide,
                          reduce_groups,
+                         site_profiles,
                          to_wide,
                          well_profiles_from_store,
 )
 from ._batch import BATCH_METHODS, correct_batch
 from ._frame import NEGCON, infer_features
 from ._normalize import NORMALIZE_METHODS, SPHERIZE_METHODS, SpherizeFit, fit_spherize, normalize
+from ._read import SiteArrays, read_site_arrays
 from ._select import FEATURE_SELECT_OPERATIONS, default_blocklist, feature_select, features_to_exclude
 
 __all__ = [
@@ -53,6 +56,9 @@ __all__ = [
     "to_wide",
     "from_wide",
     "well_profiles_from_store",
+    "read_site_arrays",
+    "SiteArrays",
+    "site_profiles",
     "fit_spherize",
     "SpherizeFit",
     "reduce_groups",

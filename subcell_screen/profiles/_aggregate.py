@@ -35,7 +35,7 @@ from ._frame import (
 )
 
 __all__ = ["aggregate", "aggregate_array", "consensus", "to_wide", "from_wide", "well_profiles_from_store",
-           "AGGREGATE_METHODS"]
+           "site_profiles", "AGGREGATE_METHODS"]
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +468,36 @@ def from_wide(profiles: Any, *, features: Sequence[str] | None = None, column: s
 # -- store ------------------------------------------------------------------------------------------------
 
 
+def site_profiles(arrays: Any, *, method: Literal["median", "mean"] = "median", column: str = "features",
+                  dtype: pl.DataType = pl.Float64) -> pl.DataFrame:
+    """Cells -> site aggregates of :func:`read_site_arrays` output (``aggregate_array`` by plate, well, site).
+
+    Parameters
+    ----------
+    arrays : SiteArrays
+        Per-cell arrays, site by site.
+    method : {"median", "mean"}
+    column : str
+        Name of the output array column.
+    dtype : polars float type
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per (plate, well, site) sorted by them: keys, ``n_cells``, ``column`` as ``pl.Array(dtype, D)``
+        (equal to ``aggregate_array(cells, by=["plate", "well", "site"], method=method)``).
+    """
+    by = ["plate", "well", "site"]
+    codes, uniq = _sorted_groups(arrays.sites.select(by), by)  # sites with equal keys (never in the store) merge
+    rows = codes[arrays.site_codes()]
+    agg = reduce_groups(arrays.x, rows, uniq.height, method)
+    _warn_missing(agg, [f"{column}[{j}]" for j in range(agg.shape[1])], f"site_profiles({method})")
+    return uniq.with_columns(
+        pl.Series("n_cells", np.bincount(rows, minlength=uniq.height).astype(np.int64)),
+        pl.Series(column, agg, dtype=pl.Array(pl.Float64, agg.shape[1])).cast(pl.Array(dtype, agg.shape[1])))
+
+
+
 def well_profiles_from_store(
     store: Any,
     *,
@@ -508,18 +538,19 @@ def well_profiles_from_store(
     """
     from tqdm.auto import tqdm
 
+    from ._read import read_site_arrays
+
     names = store.feature_set(feature_set)["feature_names"]
-    if plates is None:
-        plates = (store.scan_cell_features(feature_set).select("plate").unique().collect()
-                  .sort("plate")["plate"].to_list())
+    if plates is None:  # one folder per plate (``plate=<plate>``, the name unchanged)
+        base = store.cells_dir(feature_set)
+        plates = sorted(p.name[len("plate="):] for p in base.glob("plate=*") if p.is_dir()) if base.exists() else []
     disable = (not logger.isEnabledFor(logging.INFO)) if progress is None else not progress
     wells = []
     for plate in tqdm(list(plates), desc="well profiles", unit="plate", disable=disable):
-        lf = store.scan_cell_features(feature_set, plate=plate)
-        sites = aggregate_array(lf, by=["plate", "well", "site"], method=cell_to_site, column=column,
-                                count_column="n_cells")
-        if sites.height == 0:
+        arrays = read_site_arrays(store.cell_feature_files(feature_set, plate=plate), column=column)
+        if arrays.sites.height == 0:
             continue
+        sites = site_profiles(arrays, method=cell_to_site, column=column)
         wells.append(aggregate_array(sites, by=["plate", "well"], method=site_to_well, column=column,
                                      count_column="n_sites", sum_columns=["n_cells"]))
     if not wells:

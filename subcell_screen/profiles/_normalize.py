@@ -52,6 +52,7 @@ from ._frame import (
     check_frame,
     feature_frame,
     groups_of,
+    in_threads,
     infer_features,
     replace_features,
     row_mask,
@@ -237,23 +238,32 @@ def _report_zero(zero: np.ndarray, groups: Groups, feats: list[str], *, method: 
 
 
 def _apply(values: pl.DataFrame, codes: np.ndarray, center: np.ndarray, scale: np.ndarray) -> pl.DataFrame:
-    """``(x - center[group]) / scale[group]`` for every feature column, one vectorised pass."""
+    """``(x - center[group]) / scale[group]`` for every feature column.
+
+    One copy of the features into a Fortran array (polars gathers its chunks), transformed in place column by
+    column on a few threads, returned as a frame over that array.
+    """
     single = center.shape[0] == 1
     center_t = np.ascontiguousarray(center.T)  # (d, groups): one contiguous row per feature
     scale_t = np.ascontiguousarray(scale.T)
-    cols = []
-    for j, name in enumerate(values.columns):
-        s = values.get_column(name)
-        x = s.to_numpy()
-        if single:
-            y = (x - center_t[j, 0]) / scale_t[j, 0]
-        else:
-            y = (x - center_t[j][codes]) / scale_t[j][codes]
-        out = pl.Series(name, y, dtype=pl.Float64)
-        if s.null_count():
-            out = out.fill_nan(None)
-        cols.append(out)
-    return pl.DataFrame(cols)
+    names = values.columns
+    x = values.to_numpy(order="fortran", writable=True).astype(np.float64, copy=False)  # NaN where missing
+
+    def work(cols: range) -> None:
+        tmp = None if single else np.empty(x.shape[0])
+        for j in cols:
+            xj = x[:, j]
+            if single:
+                xj -= center_t[j, 0]
+                xj /= scale_t[j, 0]
+            else:
+                xj -= np.take(center_t[j], codes, out=tmp)
+                xj /= np.take(scale_t[j], codes, out=tmp)
+
+    in_threads(work, len(names))
+    out = pl.from_numpy(x.T, schema=names, orient="col") if names else pl.DataFrame()
+    missing = [c for c in names if values.get_column(c).null_count()]
+    return out.with_columns(pl.col(c).fill_nan(None) for c in missing) if missing else out
 
 
 def _standardize(values, groups, mask, on_zero_scale):

@@ -26,18 +26,27 @@ operation                  excludes a feature when
                            ``noise_removal_stdev_cutoff``
 =========================  ===================================================================================
 
-The correlation step never builds pycytominer's ``d (d - 1) / 2``-row pair table: it standardises the
-columns once, forms ``Z^T Z`` with one BLAS syrk (up to 8192 features; beyond that in upper-triangular blocks of
-``block_size`` columns so the ``d x d`` matrix is never held) and keeps only the per-feature ``sum |corr|`` and
-the pairs above the threshold. Missing values use
-pairwise-complete observations as pandas does; Kendall, infinite values and Spearman with missing values fall
-back to pandas (pycytominer's own path).
+The correlation step never builds pycytominer's ``d (d - 1) / 2``-row pair table. It standardises the
+columns once, then screens pairs exactly: with ``Q`` an orthonormal basis of 128 of the columns, every pair's
+correlation is at most ``b_i . b_j + |r_i| |r_j|`` (projections ``b = Q^T z``, residual norms ``r``), so only
+pairs whose bound reaches the threshold can be flagged; the rows of the correlation matrix of their members are
+computed exactly (float64), giving the flagged pairs and, for their members, the exact ``sum |corr|`` that
+decides which one is dropped (``n d (128 + |F|)`` flops instead of ``n d^2 / 2``). When the screen is not
+selective (over 40 % of the features are candidates) or two members of a flagged pair have equal sums, the full
+matrix is formed instead (one BLAS syrk up to 8192 features; beyond that upper-triangular blocks of
+``block_size`` columns so the ``d x d`` matrix is never held), as pycytominer ranks ties by its sort order.
+Decisions equal those of the full float64 matrix; pairs whose correlation lies within float64 rounding
+(~1e-12) of the threshold can differ between any two float64 implementations, pycytominer's included. Missing
+values use pairwise-complete observations as pandas does; Kendall, infinite values and Spearman with missing
+values fall back to pandas (pycytominer's own path). ``frequency_threshold`` sorts only the columns whose
+values may repeat often enough to be excluded (a hash of the values bounds the largest count).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -52,8 +61,10 @@ from ._frame import (
     check_frame,
     columns_of,
     feature_frame,
+    in_threads,
     infer_features,
     is_pandas,
+    pick_columns,
     polars_view,
     row_mask,
 )
@@ -69,6 +80,13 @@ CORRELATION_METHODS = ("pearson", "spearman", "kendall")
 #: Up to this many features the correlation matrix is formed by one BLAS syrk (d x d float64, 512 MB at the
 #: limit) and scanned in row blocks; above it, upper-triangular blocks of ``block_size`` columns.
 _FULL_GRAM_MAX = 8192
+
+#: Exact screen of the correlation step (:func:`_screened_corr`): rank of the basis, slack added to the bound
+#: (its own float64 rounding is ~1e-12), and the fraction of candidate features above which the full matrix
+#: is cheaper.
+_SCREEN_RANK = 128
+_SCREEN_MARGIN = 1e-6
+_SCREEN_MAX_FRACTION = 0.4
 
 
 def feature_select(
@@ -175,7 +193,7 @@ def features_to_exclude(
     remaining = list(feats)
     out: dict[str, list[str]] = {}
     for op in ops:
-        cur = values.select(remaining)
+        cur = pick_columns(values, remaining)
         if op == "variance_threshold":
             exc = _variance_threshold(cur, min_variance)
         elif op == "frequency_threshold":
@@ -232,22 +250,62 @@ def _frequency_threshold(values: pl.DataFrame, freq_cut: float, unique_cut: floa
         raise ValueError("freq_cut must be between 0 and 1")
     if not 0 <= unique_cut <= 1:
         raise ValueError("unique_cut must be between 0 and 1")
-    n = values.height
-    if values.width == 0 or n == 0:
+    n, d = values.height, values.width
+    if d == 0 or n == 0:
         return list(values.columns) if n == 0 else []
-    canon = values  # polars hashes -0.0 and 0.0 as one value, as pandas' value_counts does
-    nulls = np.array(canon.select(pl.all().null_count()).row(0), dtype=np.int64)
-    n_unique = np.array(canon.select(pl.all().n_unique()).row(0), dtype=np.int64) - (nulls > 0)
+    names = values.columns
+    nulls = np.array(values.null_count().row(0), dtype=np.int64)
     nonnull = n - nulls
-    ratio = np.where(n_unique >= 2, 1.0, 0.0)  # every value unique: counts 1 and 1
-    dup = [j for j in range(values.width) if n_unique[j] >= 2 and n_unique[j] < nonnull[j]]
-    if dup:
-        names = [values.columns[j] for j in dup]
-        top = canon.select([pl.col(c).drop_nulls().unique_counts().top_k(2).implode() for c in names]).row(0)
-        for j, counts in zip(dup, top):
-            ratio[j] = counts[1] / counts[0] if counts[0] >= counts[1] else counts[0] / counts[1]
+    n_unique = np.zeros(d, dtype=np.int64)
+    ratio = np.ones(d)
+    # A column can only be excluded if some value occurs more than ``most`` times: ratio < freq_cut needs
+    # count(most common) > 1 / freq_cut, and n_unique / n < unique_cut needs it > 1 / unique_cut (columns
+    # without missing values). Hashing the values into buckets bounds that count from above, so columns whose
+    # fullest bucket holds at most ``most`` values are kept without sorting them.
+    cuts = [1.0 / c for c in (freq_cut, unique_cut) if c > 0]
+    most = math.floor(min(cuts) * (1 - 1e-12)) if cuts else n
+    screen = n > most
+    buckets = 1 << max(10, min(20, (2 * n).bit_length()))
+
+    def sure_kept(x: np.ndarray) -> bool:
+        bits = np.add(x, 0.0).view(np.uint64)  # -0.0 + 0.0 = +0.0: one bit pattern per value
+        h = (bits * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - buckets.bit_length() + 1)
+        return int(np.bincount(h.astype(np.intp), minlength=buckets).max()) <= most
+
+    def work(cols: range) -> None:
+        # distinct values and the two largest value counts from sorted columns (missing values sort last);
+        # -0.0 == 0.0 as in pandas' value_counts
+        todo = []
+        for j in cols:
+            if screen and nulls[j] == 0 and sure_kept(values.get_column(names[j]).to_numpy()):
+                n_unique[j] = n  # not excluded; the exact count is not needed (n_unique / n >= unique_cut)
+            else:
+                todo.append(j)
+        if not todo:
+            return
+        block = np.empty((n, len(todo)), order="F")
+        for k, j in enumerate(todo):
+            block[:, k] = values.get_column(names[j]).to_numpy()
+        block.sort(axis=0)
+        new = block[1:] != block[:-1]
+        del block
+        for k, j in enumerate(todo):
+            m = int(nonnull[j])
+            if m == 0:
+                continue
+            starts = np.flatnonzero(new[:m - 1, k]) + 1 if m > 1 else np.zeros(0, dtype=np.int64)
+            n_unique[j] = starts.size + 1
+            if n_unique[j] < 2:
+                ratio[j] = 0.0
+            elif n_unique[j] < m:  # some value repeats: count(2nd most common) / count(most common)
+                runs = np.diff(np.concatenate([[0], starts, [m]]))
+                top = np.partition(runs, runs.size - 2)[-2:]
+                ratio[j] = top.min() / top.max()
+
+    in_threads(work, d)
+    ratio[nonnull == 0] = 0.0
     exclude = (ratio < freq_cut) | (n_unique / n < unique_cut)
-    return [c for c, e in zip(values.columns, exclude) if e]
+    return [c for c, e in zip(names, exclude) if e]
 
 
 def _drop_na_columns(values: pl.DataFrame, cutoff: float) -> list[str]:
@@ -255,7 +313,7 @@ def _drop_na_columns(values: pl.DataFrame, cutoff: float) -> list[str]:
         raise ValueError("na_cutoff must be between 0 and 1")
     if values.height == 0:
         return []
-    frac = np.array(values.select(pl.all().null_count()).row(0), dtype=np.float64) / values.height
+    frac = np.array(values.null_count().row(0), dtype=np.float64) / values.height
     return [c for c, f in zip(values.columns, frac) if f > cutoff]
 
 
@@ -331,25 +389,40 @@ def _correlation_threshold(values: pl.DataFrame, threshold: float, method: str, 
     d = len(names)
     if d < 2:
         return []
-    x = values.to_numpy(order="fortran", writable=True).astype(np.float64, copy=False)
-    has_nan = bool(np.isnan(x).any())
-    has_inf = bool(np.isinf(x).any())
+    has_nan = any(values.null_count().row(0))  # feature_frame turned NaN into null
+    has_inf = bool(values.select(pl.any_horizontal(pl.all().is_infinite().any())).item()) if values.height else False
     if method == "kendall" or has_inf or (method == "spearman" and has_nan):
         logger.info("correlation_threshold: %s%s uses pandas' correlation (pycytominer's path)", method,
                     " with infinite values" if has_inf else "")
+        x = values.to_numpy(order="fortran").astype(np.float64, copy=False)
         sums, pairs = _pandas_corr(x, names, method, threshold)
-    else:
-        if method == "spearman":
-            from scipy.stats import rankdata
+        return _choose(names, sums, pairs)
+    if has_nan:
+        x = values.to_numpy(order="fortran", writable=True).astype(np.float64, copy=False)
+        sums, pairs = _blocked_corr_pairwise(x, threshold, block_size)
+        return _choose(names, sums, pairs)
+    z, const = _standardized(values, rank=method == "spearman")
+    screened = _screened_corr(z, const, threshold, block_size)
+    if screened is not None:
+        sums, pairs = screened
+        a, b = pairs[:, 0], pairs[:, 1]
+        sa, sb = sums[a], sums[b]
+        if not (np.abs(sa - sb) <= 1e-9 * np.maximum(np.abs(sa), np.abs(sb))).any():
+            drop = np.where(sa > sb, a, b)
+            keep = np.zeros(d, dtype=bool)
+            keep[drop] = True
+            return [n for n, k in zip(names, keep) if k]
+        logger.debug("correlation_threshold: (near-)tie in sum |corr| within a pair; full matrix for the ranking")
+    sums, pairs = _gram_corr(z, threshold, block_size)
+    return _choose(names, sums, pairs)
 
-            x = np.asfortranarray(rankdata(x, method="average", axis=0))
-        if has_nan:
-            sums, pairs = _blocked_corr_pairwise(x, threshold, block_size)
-        else:
-            sums, pairs = _blocked_corr(x, threshold, block_size)
+
+def _choose(names: list[str], sums: np.ndarray, pairs: np.ndarray) -> list[str]:
+    """pycytominer's rule: rank all features by total |corr| (pandas sort_values = numpy quicksort) and drop
+    the member of every flagged pair ranked higher."""
     if pairs.shape[0] == 0:
         return []
-    # pycytominer: rank features by total |corr| (pandas sort_values = numpy quicksort), drop the higher rank
+    d = len(names)
     pos = np.empty(d, dtype=np.int64)
     pos[np.argsort(sums, kind="quicksort")] = np.arange(d)
     a, b = pairs[:, 0], pairs[:, 1]
@@ -364,21 +437,52 @@ def _blocks(d: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, d)) for i in range(0, d, size)]
 
 
-def _blocked_corr(x: np.ndarray, threshold: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson without missing values; ``x`` ``(n, d)`` float64 (modified in place)."""
-    n, d = x.shape
-    x -= x.mean(axis=0)
-    norm = np.sqrt((x * x).sum(axis=0))
-    const = (x.max(axis=0) == x.min(axis=0)) | (norm == 0)
-    norm[const] = 1.0
-    x /= norm
-    x[:, const] = 0.0  # constant columns: correlation NaN in numpy/pandas, skipped by the |corr| sums
+def _standardized(values: pl.DataFrame, *, rank: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Centred, unit-norm feature columns (ranks first with ``rank``) for the correlation step.
+
+    Returns
+    -------
+    z : numpy.ndarray
+        ``(n, d)`` float64, Fortran order; a constant column is all zeros (its correlations are NaN in
+        numpy/pandas and skipped by pycytominer's ``|corr|`` sums).
+    const : numpy.ndarray
+        ``(d,)`` bool, the constant columns.
+    """
+    d = values.width
+    # polars' own copy into one Fortran array, then in place column by column (each column stays in cache
+    # through all passes; fresh temporaries of the matrix size are slow to fault in)
+    z = values.to_numpy(order="fortran", writable=True).astype(np.float64, copy=False)
+    const = np.zeros(d, dtype=bool)
+    if rank:
+        from scipy.stats import rankdata
+
+    def work(cols: range) -> None:
+        for j in cols:
+            zj = z[:, j]
+            if rank:
+                zj[:] = rankdata(zj, method="average")
+            zj -= zj.mean()
+            norm = math.sqrt(float(np.einsum("i,i->", zj, zj)))  # not BLAS: may thread inside threads
+            if norm == 0 or zj.max() == zj.min():
+                zj[:] = 0.0
+                const[j] = True
+            else:
+                zj /= norm
+
+    in_threads(work, d)
+    return z, const
+
+
+def _gram_corr(z: np.ndarray, threshold: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairwise Pearson correlations of the standardised columns ``z``: ``sum |corr|`` of every feature
+    and the pairs above ``threshold`` (rows ``(later, earlier)``)."""
+    n, d = z.shape
     sums = np.zeros(d)
     pairs = []
     blocks = _blocks(d, block_size)
     if d <= _FULL_GRAM_MAX:
         # one symmetric rank-n update (BLAS syrk: half the flops of a general product); then row blocks
-        c = x.T @ x
+        c = z.T @ z
         np.clip(c, -1.0, 1.0, out=c)
         for bi in blocks:
             rows = c[bi]
@@ -387,9 +491,9 @@ def _blocked_corr(x: np.ndarray, threshold: float, block_size: int) -> tuple[np.
             pairs.append(np.stack([jj, ii + bi.start], axis=1).astype(np.int64))
         return sums, np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     for i, bi in enumerate(blocks):
-        xi = x[:, bi]
+        zi = z[:, bi]
         for bj in blocks[i:]:
-            c = xi.T @ x[:, bj]
+            c = zi.T @ z[:, bj]
             np.clip(c, -1.0, 1.0, out=c)
             a = np.abs(c)
             sums[bi] += a.sum(axis=1)
@@ -397,6 +501,73 @@ def _blocked_corr(x: np.ndarray, threshold: float, block_size: int) -> tuple[np.
                 sums[bj] += a.sum(axis=0)
             pairs.append(_upper_pairs(c, bi, bj, threshold))
     return sums, np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+
+
+def _screened_corr(z: np.ndarray, const: np.ndarray, threshold: float,
+                   block_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pairs above ``threshold`` and ``sum |corr|`` of their members, without the full ``d x d`` product.
+
+    An exact screen: with ``Q`` an orthonormal basis of ``k`` columns of ``z``, every unit column splits into
+    ``z_i = Q b_i + r_i`` with ``r_i`` orthogonal to ``Q``, so ``corr_ij = b_i . b_j + r_i . r_j
+    <= b_i . b_j + |r_i| |r_j|`` (Cauchy-Schwarz) with ``|r_i|^2 = 1 - |b_i|^2``. Only pairs whose bound
+    exceeds ``threshold - _SCREEN_MARGIN`` can be flagged; their members' rows of the correlation matrix are
+    computed exactly (float64, one product ``n x |F| x d``), which gives the flagged pairs and, for their
+    members, the exact ``sum |corr|`` that decides which member is dropped. Cost ``n d (k + |F|)`` instead
+    of ``n d^2 / 2``; returns ``None`` (use the full matrix) when the screen is not selective enough (more
+    than ``_SCREEN_MAX_FRACTION`` of the features are candidates), or ``d`` is small.
+
+    Returns
+    -------
+    (sums, pairs) or None
+        ``sums`` ``(d,)`` with NaN for features not in any flagged pair; ``pairs`` ``(m, 2)`` rows
+        ``(later, earlier)``.
+    """
+    n, d = z.shape
+    live = np.flatnonzero(~const)
+    if d < 4 * _SCREEN_RANK or live.size < 2:
+        return None
+    pick = np.unique(live[np.linspace(0, live.size - 1, min(_SCREEN_RANK, live.size)).round().astype(np.int64)])
+    q, _ = np.linalg.qr(z[:, pick])
+    orth = float(np.abs(q.T @ q - np.eye(q.shape[1])).max())
+    if not orth < 1e-10:  # Householder QR is orthonormal to ~1e-15; anything else: do not trust the bound
+        return None
+    b = q.T @ z  # (k, d)
+    del q
+    sq_z = np.einsum("ij,ij->j", z, z)  # 1 (0 for constant columns) up to rounding
+    sq_b = np.einsum("ij,ij->j", b, b)
+    r = np.sqrt(np.maximum(sq_z - sq_b, 0.0) + 4 * orth)
+    cut = threshold - _SCREEN_MARGIN
+    max_feats = int(_SCREEN_MAX_FRACTION * d)
+    involved = np.zeros(d, dtype=bool)
+    cand = []
+    for bi in _blocks(d, block_size):
+        g = b[:, bi].T @ b
+        g += r[bi, None] * r[None, :]
+        ii, jj = np.nonzero(np.triu(g > cut, k=bi.start + 1))
+        if ii.size:
+            ii += bi.start
+            involved[ii] = True
+            involved[jj] = True
+            if involved.sum() > max_feats:
+                logger.debug("correlation_threshold: screen not selective (> %d candidate features)", max_feats)
+                return None
+            cand.append((ii, jj))
+    sums = np.full(d, np.nan)
+    if not cand:
+        return sums, np.zeros((0, 2), dtype=np.int64)
+    ci = np.concatenate([c[0] for c in cand])
+    cj = np.concatenate([c[1] for c in cand])
+    feats = np.flatnonzero(involved)
+    rows = z[:, feats].T @ z  # exact rows of the correlation matrix, (|F|, d)
+    np.clip(rows, -1.0, 1.0, out=rows)
+    loc = np.full(d, -1, dtype=np.int64)
+    loc[feats] = np.arange(feats.size)
+    hit = rows[loc[ci], cj] > threshold
+    pairs = np.stack([cj[hit], ci[hit]], axis=1).astype(np.int64)  # (later, earlier)
+    sums[feats] = np.abs(rows).sum(axis=1)
+    logger.debug("correlation_threshold: screen kept %d candidate pair(s) over %d feature(s); %d flagged",
+                 ci.size, feats.size, pairs.shape[0])
+    return sums, pairs
 
 
 def _upper_pairs(c: np.ndarray, bi: slice, bj: slice, threshold: float) -> np.ndarray:
