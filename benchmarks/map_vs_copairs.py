@@ -91,7 +91,6 @@ def worker(tool: str, n_plates: int, n_features: int, null_size: int, out: str, 
         n_pairs = int(ap["n_total_pairs"].sum() // 1)  # each compound-row's pairs (DMSO rows excluded)
     else:
         import polars as pl
-        import statsmodels.stats.multitest  # noqa: F401  (copairs imports it at import time too)
 
         from subcell_screen.score import average_precision, mean_average_precision
         from subcell_screen.score._engine import resolve_backend

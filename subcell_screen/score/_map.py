@@ -12,7 +12,8 @@ Agreement with copairs (tested in ``tests/test_score_map.py``)
   cosines in float32 (~1e-7 error), so near-ties may rank differently there.
 * mAP is the Kahan-summed group mean (as pandas' groupby mean); p-values use copairs' exact null draws (see
   :mod:`._null`), so for the same ``seed`` and ``null_size`` they are *equal* to copairs' with a fresh cache.
-  BH correction via ``statsmodels.stats.multitest.multipletests(method="fdr_bh")``.
+  BH correction: :func:`._multitest.fdr_bh`, bitwise equal to statsmodels' ``multipletests(method="fdr_bh")``
+  (which copairs uses) without importing statsmodels.
 * Query-string entries in the column lists (``"Metadata_x != 'y'"``) filter rows (meta and feats) and pair on
   the named column. copairs 0.5.5 accepts such entries but then fails (row-count check, DuckDB parse error).
 """
@@ -28,6 +29,7 @@ import polars as pl
 
 from . import _frames as fr
 from ._engine import PairRule, run_engine, validate_distance
+from ._multitest import fdr_bh
 from ._null import NullCache, kahan_group_mean
 
 logger = logging.getLogger(__name__)
@@ -378,8 +380,6 @@ def mean_average_precision(
     The draws reproduce copairs' generator exactly (:mod:`subcell_screen.score._null`), so p-values are *equal*
     to copairs' for the same ``seed``/``null_size`` when copairs starts from an empty ``cache_dir``.
     """
-    from statsmodels.stats.multitest import multipletests
-
     del max_workers, cache_dir
     fr.check_frame(ap, name="ap")
     sameby = _as_list(sameby, "sameby")
@@ -417,7 +417,7 @@ def mean_average_precision(
         # copairs compares against a Python float, which NumPy 2 casts to the array's float32 (NEP 50)
         num = (null > np.float32(gmap[g])).sum()
         pvals[g] = (num + 1) / (null_size + 1)
-    corrected = multipletests(pvals, method="fdr_bh")[1] if n_groups else np.zeros(0)
+    corrected = fdr_bh(pvals)
     cols: dict[str, Any] = {}
     if fr.is_pandas(ap):
         import pandas as pd
