@@ -2,7 +2,9 @@
 
 Prints, per image, F1 at IoU 0.5 and the mean IoU of matched pairs for the classical segmenter (and for
 Cellpose when its weights are present locally), then the nucleus / cell counts of CellProfiler's
-ExampleHuman image and of a pediatric Cell Painting site next to CellProfiler's own segmentation.
+ExampleHuman image and of a pediatric Cell Painting site next to CellProfiler's own segmentation (with the
+agreement of the cells themselves), then the classical cell F1 on simulated HPA and Cell Painting sites
+against the simulator's ground truth.
 
 Data (tests/data, see tests/data/README.md):
 - BBBC039 (U2OS, Hoechst, ImageXpress 20x; the BBBC022 acquisition, 0.656 µm/px assumed), 4 fields with
@@ -16,11 +18,16 @@ Data (tests/data, see tests/data/README.md):
   CellProfiler's objects are counted from its outline overlays (interiors of the closed outlines of at
   least 50 px; for cells, those holding a nucleus). CellProfiler discarded objects touching the border
   (37 nuclei; 29 cells, as cells of 8 nuclei reached the border), so ours are counted without border
-  objects too.
+  objects too. ExampleHuman's cells are also matched to CellProfiler's cell labels rebuilt in
+  ``tests/data/examplehuman_labels`` (objects touching the border dropped on both sides).
+- Simulated sites (:func:`subcell_screen.simulate.render_site`, default acquisition of each style, 512² px,
+  seeds 0-2): HPA (0.5 µm/px) with the microtubule or the ER channel as the cytoplasm, Cell Painting
+  (0.598 µm/px) with AGP, RNA or the stack of ER, RNA, AGP and Mito; classical nuclei from the DNA channel;
+  cells matched to the simulator's cells at IoU 0.5.
 
 Usage::
 
-    python benchmarks/segmentation_accuracy.py [--cellpose-weights PATH]
+    python benchmarks/segmentation_accuracy.py [--cellpose-weights PATH] [--sim-size 512] [--sim-seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -145,6 +152,14 @@ def counts_vs_cellprofiler(method: str = "classical", model=None) -> list[dict]:
     nuclei, cells = segment_cells(dna, body, pixel_size_um=EXAMPLEHUMAN_PIXEL_UM, method=method, model=model)
     n = count(drop_border(nuclei))
     rows.append({"image": "ExampleHuman nuclei", "ours": n, "cellprofiler": EXAMPLEHUMAN_CP_NUCLEI})
+    cp_cells = drop_border(np.load(DATA / "examplehuman_labels" / "labels.npz")["cells"])
+    ours_nb = drop_border(cells)
+    agree = match_labels(ours_nb, cp_cells)
+    area = np.bincount(ours_nb.ravel())[1:]
+    cp_area = np.bincount(cp_cells.ravel())[1:]
+    rows.append({"image": "ExampleHuman cells", "ours": count(ours_nb), "cellprofiler": count(cp_cells),
+                 "agreement_f1": agree.f1, "agreement_miou": agree.mean_matched_iou,
+                 "area_ratio": float(np.median(area[area > 0]) / np.median(cp_area[cp_area > 0]))})
     ped = DATA / "cellpainting" / "pediatric_site_full"
     dna = tifffile.imread(ped / "r03c03f03p01-ch5sk1fk1fl1.tiff")
     agp = tifffile.imread(ped / "r03c03f03p01-ch3sk1fk1fl1.tiff")
@@ -164,17 +179,70 @@ def print_counts(title: str, rows: list[dict]) -> None:
     for r in rows:
         extra = (f"  matched to CellProfiler's objects: F1@0.5 {r['agreement_f1']:.3f}, mIoU "
                  f"{r['agreement_miou']:.3f}" if "agreement_f1" in r else "")
+        if "area_ratio" in r:
+            extra += f", median area ratio {r['area_ratio']:.3f}"
         print(f"{r['image']:26s} ours {r['ours']:4d}  CellProfiler {r['cellprofiler']:4d}  ratio "
               f"{r['ours'] / r['cellprofiler']:.3f}{extra}")
+
+
+#: Cytoplasm channel(s) scored per simulated style; a tuple is passed to the segmenter as a (C, H, W) stack.
+SIM_CYTOPLASM = {"hpa": ("microtubules", "er"), "cellpainting": ("AGP", "RNA", ("ER", "RNA", "AGP", "Mito"))}
+
+
+def simulated_cells(size: int = 512, seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict]:
+    """Classical cells on simulated sites against the simulator's ground truth (F1 at IoU 0.5)."""
+    from subcell_screen.segment._classical import classical_cells
+    from subcell_screen.simulate import render_site
+
+    rows = []
+    for style, channels in SIM_CYTOPLASM.items():
+        for seed in seeds:
+            site = render_site(style=style, shape=(size, size), seed=seed)
+            names = site.channel_names
+            px = site.pixel_size_um
+            nuclei = segment_nuclei(site.image[names.index("nucleus" if style == "hpa" else "DNA")],
+                                    pixel_size_um=px)
+            nuc_f1 = match_labels(nuclei, site.nuclei).f1
+            for ch in channels:
+                chs = (ch,) if isinstance(ch, str) else ch
+                idx = [names.index(c) for c in chs]
+                cyto = site.image[idx[0]] if len(idx) == 1 else site.image[idx]
+                t0 = time.perf_counter()
+                cells = classical_cells(nuclei, cyto, pixel_size_um=px)
+                dt = time.perf_counter() - t0
+                r = match_labels(cells, site.cells)
+                rows.append({"style": style, "seed": seed, "cytoplasm": "+".join(chs), "nuclei_f1": nuc_f1,
+                             "f1": r.f1, "miou": r.mean_matched_iou, "n_pred": r.n_pred, "n_true": r.n_true,
+                             "seconds": dt})
+    return rows
+
+
+def print_simulated(rows: list[dict], size: int) -> None:
+    print(f"\nclassical segmenter: cells on simulated {size}x{size} sites vs ground truth (F1 at IoU 0.5)")
+    print(f"{'style':13s} {'cytoplasm':18s} {'seed':>4s} {'nucF1':>6s} {'F1@0.5':>7s} {'mIoU':>6s} "
+          f"{'pred/true':>10s} {'s':>6s}")
+    for r in rows:
+        print(f"{r['style']:13s} {r['cytoplasm']:18s} {r['seed']:4d} {r['nuclei_f1']:6.3f} {r['f1']:7.3f} "
+              f"{r['miou']:6.3f} {r['n_pred']:>4d}/{r['n_true']:<5d} {r['seconds']:6.2f}")
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["style"], r["cytoplasm"]), []).append(r["f1"])
+    for (style, cyto), f1 in groups.items():
+        print(f"{style:13s} {cyto:18s} mean F1 {np.mean(f1):.3f}, min {np.min(f1):.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cellpose-weights", default="cpsam",
                     help="Cellpose model name in the local cache, or a weights path (default: cpsam)")
+    ap.add_argument("--sim-size", type=int, default=512, help="side of the simulated sites, px (default 512)")
+    ap.add_argument("--sim-seeds", type=int, nargs="*", default=[0, 1, 2],
+                    help="seeds of the simulated sites (default 0 1 2; none: skip them)")
     args = ap.parse_args(argv)
     print_accuracy("classical segmenter", accuracy("classical"))
     print_counts("classical segmenter", counts_vs_cellprofiler("classical"))
+    if args.sim_seeds:
+        print_simulated(simulated_cells(args.sim_size, tuple(args.sim_seeds)), args.sim_size)
     try:
         model = load_cellpose(args.cellpose_weights)
     except CellposeWeightsError as exc:

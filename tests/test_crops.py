@@ -239,7 +239,9 @@ def test_real_cellpainting_site_crops_have_the_right_physical_size():
         assert len(area_um2) == t.height
         fits = reach < (size / (0.598 / HPA_PIXEL_SIZE_UM)) / 2 - 1  # every pixel of the cell in the window
         np.testing.assert_allclose(area_um2[fits], t["cell_area_um2"].to_numpy()[fits], rtol=0.03)
-        assert (area_um2[~fits] < t["cell_area_um2"].to_numpy()[~fits]).all()
+        # cells reaching clearly past the window lose pixels (a ~2 px band at the limit can go either way)
+        clipped = reach > (size / (0.598 / HPA_PIXEL_SIZE_UM)) / 2 + 1
+        assert (area_um2[clipped] < t["cell_area_um2"].to_numpy()[clipped]).all()
     assert fits.sum() >= 20
     dfr = all_crops(site, seg, crop_size=640, rescale="defer", exclude_border=True, batch_size=64)
     assert dfr.data.shape[-1] == round(640 / (0.598 / HPA_PIXEL_SIZE_UM)) == 86

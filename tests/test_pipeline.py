@@ -59,10 +59,13 @@ def test_end_to_end_planted_hits_on_top(e2e_screen, e2e_run):
         assert (top["corrected_p_value"] < 0.05).all()
         nulls = scores.filter(pl.col("perturbation_id").str.starts_with("inactive"))
         assert nulls.height >= 6 and nulls["is_hit"].sum() <= max(1, round(0.05 * nulls.height))
-        # the planted HDAC8 relocalization under vorinostat: nucleus -> cytoplasm, significant, first
-        reloc = store.sql("SELECT * FROM relocalization WHERE readout = 'nuc_cyto_ratio' ORDER BY p_value")
+        # the planted HDAC8 relocalization under vorinostat: nucleus -> cytoplasm, significant, the largest shift.
+        # (Paclitaxel's mitotic arrest also disperses nuclear HDAC8 - nuclear envelope breakdown, planted in the
+        # simulator - and with well-segmented cells it can have the smaller p-value, so rank by effect size.)
+        reloc = store.sql("SELECT * FROM relocalization WHERE readout = 'nuc_cyto_ratio' AND q_value < 0.05 "
+                          "ORDER BY effect_size")
         first = reloc.row(0, named=True)
-        assert (first["protein"], first["perturbation_id"]) == ("HDAC8", "vorinostat")
+        assert (first["protein"], first["perturbation_id"]) == ("HDAC8", "vorinostat"), reloc
         assert (first["from_class"], first["to_class"]) == ("Nucleus", "Cytoplasm")
         assert first["q_value"] < 0.01 and first["effect_size"] < 0
         # dose response of vorinostat recovers the planted EC50 (1 uM) within a factor of 3

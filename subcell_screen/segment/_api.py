@@ -202,9 +202,11 @@ def segment_cells(nuclei_image: np.ndarray, cyto_image: np.ndarray | None, *, pi
     nuclei_image : ndarray, shape (H, W)
         Nuclear stain.
     cyto_image : ndarray, shape (H, W), or None
-        Cytoplasm / cell-body stain (Cell Painting AGP or RNA; HPA microtubules or ER). None: cells are the
-        nuclei grown by a fixed distance (``ClassicalParams.cell_expansion_um``, 6 µm), bounded by the
-        nuclear channel's foreground when it carries cytoplasmic signal.
+        Cytoplasm / cell-body stain (Cell Painting AGP or RNA; HPA microtubules or ER). The classical method
+        also takes a (C, H, W) stack of several such stains (e.g. ER, RNA, AGP and Mito), averaged in units of
+        each one's threshold. None: cells are the nuclei grown by a fixed distance
+        (``ClassicalParams.cell_expansion_um``, 6 µm), bounded by the nuclear channel's foreground when it
+        carries cytoplasmic signal.
     pixel_size_um : float
         µm per pixel.
     method, model, params, nucleus_diameter_um

@@ -1,4 +1,4 @@
-"""Offline classical segmentation: thresholds, distance transforms and seeded watersheds.
+"""Offline classical segmentation: thresholds, distance transforms, seeded watersheds and propagation.
 
 Every length is given in µm and converted with the pixel size, so one set of defaults serves Cell Painting
 (20x, ~0.6 µm/px) and HPA (63x, ~0.08 µm/px) images. Images whose nuclei span more than
@@ -20,15 +20,29 @@ Nuclei
        touching nuclei along their necks.
     6. Size filter: objects smaller than ``min_area_fraction`` x a typical nucleus' area are removed.
 
-Cells
-    A watershed seeded by the nuclei over a landscape that adds the cytoplasm channel's (log) intensity
-    gradient and a distance-from-nucleus term, restricted to a permissive log-Otsu foreground of the
-    cytoplasm channel (plus the nuclei) and to ``max_cell_radius_um`` around the nuclei. Cell k contains
-    nucleus k. Without a cytoplasm channel, nuclei are expanded by ``cell_expansion_um``.
+Cells (in the manner of CellProfiler's IdentifySecondaryObjects, "Propagation")
+    1. Signal: the cytoplasm channel smoothed and background-subtracted as for nuclei (background scale
+       three nucleus diameters), in units of its log-Otsu threshold. Several cytoplasm channels (a
+       (C, H, W) stack) are averaged in these units, so each stain fills the others' gaps.
+    2. Per-cell threshold: the global threshold, lowered for a cell whose own cytoplasm is dim against it
+       to ``cell_relative_threshold`` x the cell's level (the median above-threshold signal of its Voronoi
+       territory), but not below ``cell_min_threshold`` x the global threshold; see
+       :func:`_cell_thresholds`. Confluent fields and stains that fade towards the cell edge (ER, RNA) keep
+       their periphery; on sparse fields with a dark background nothing changes.
+    3. Foreground: pixels above their cell's threshold within ``max_cell_radius_um`` of a nucleus, plus the
+       nuclei, plus holes that touch a nucleus (a dim cytoplasm next to a nucleus is that cell's).
+    4. Propagation: every foreground pixel goes to the nucleus with the cheapest path to it; a path costs
+       ``sqrt(|grad s|^2 + w^2)`` per nucleus radius travelled (``s`` the signal over its median cytoplasm
+       level, ``w`` = ``distance_weight``), so cell borders follow dim gaps and bright membranes where the
+       image shows them and fall half-way between nuclei where it does not.
+    5. Holes enclosed by a single cell are filled (a gap enclosed by several cells stays background).
+    Cell k contains nucleus k. Without a cytoplasm channel, nuclei are expanded by ``cell_expansion_um``.
 
-The defaults were chosen on hand-labelled nuclei (BBBC039 U2OS at 20x, the DSB2018 sample of StarDist) and
-checked against CellProfiler's counts on its ExampleHuman image and a pediatric Cell Painting site; see
-``benchmarks/segmentation_accuracy.py``.
+The nucleus defaults were chosen on hand-labelled nuclei (BBBC039 U2OS at 20x, the DSB2018 sample of StarDist)
+and checked against CellProfiler's counts on its ExampleHuman image and a pediatric Cell Painting site. The
+cell defaults were checked against CellProfiler's cells on those two images (agreement F1 at IoU 0.5 of about
+0.90 on both) and against the ground truth of simulated HPA and Cell Painting sites
+(:func:`subcell_screen.simulate.render_site`); see ``benchmarks/segmentation_accuracy.py``.
 """
 
 from __future__ import annotations
@@ -76,10 +90,23 @@ class ClassicalParams:
     max_cell_radius_um : float
         Cells never extend farther than this from their nucleus.
     distance_weight : float
-        Weight of the distance-from-nucleus term (per nucleus radius) against the intensity gradient
-        (normalised to its median over the foreground) in the cell watershed.
+        Regularisation of the cell propagation (CellProfiler's "regularization factor", made independent of
+        the image's intensity scale and pixel size): the cost of one nucleus radius of path, against a change
+        of the cytoplasm signal by its median level. Large values give the Voronoi split between nuclei
+        inside the foreground; small values let intensity edges decide the borders.
     working_diameter_px : float
         Nuclei spanning more pixels than this are segmented on a block-averaged image (0: never).
+    cell_threshold_factor : float
+        Multiplies every cell's foreground threshold (below 1: larger cells).
+    cell_relative_threshold : float
+        A cell's threshold is at most this fraction of its own cytoplasm level (median signal above the
+        global threshold in its territory), when that is below the global threshold (0: the global threshold
+        for every cell). The default, one half, puts the border of a blurred cell edge at half its height,
+        as ``peak_fraction`` does for nuclei.
+    cell_min_threshold : float
+        Lower bound of the per-cell threshold, as a fraction of the global threshold (guards the noise).
+    cell_fill_nucleus_holes : bool
+        Add holes of the cell foreground that touch a nucleus to the foreground.
     """
 
     nucleus_diameter_um: float = 12.0
@@ -92,9 +119,12 @@ class ClassicalParams:
     min_area_fraction: float = 0.12
     cell_expansion_um: float = 6.0
     max_cell_radius_um: float = 40.0
-    distance_weight: float = 0.5
+    distance_weight: float = 1.0
     working_diameter_px: float = 48.0
     cell_threshold_factor: float = 1.0
+    cell_relative_threshold: float = 0.5
+    cell_min_threshold: float = 0.5
+    cell_fill_nucleus_holes: bool = True
 
     def __post_init__(self) -> None:
         for name in ("nucleus_diameter_um", "cell_expansion_um", "max_cell_radius_um"):
@@ -130,6 +160,15 @@ def _block_mean(image: np.ndarray, k: int) -> np.ndarray:
     return image.reshape(image.shape[0] // k, k, image.shape[1] // k, k).mean(axis=(1, 3), dtype=np.float32)
 
 
+def _block_min(image: np.ndarray, k: int) -> np.ndarray:
+    """Minimum over k x k blocks (edge blocks padded by edge values)."""
+    h, w = image.shape
+    ph, pw = (-h) % k, (-w) % k
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw)), mode="edge")
+    return image.reshape(image.shape[0] // k, k, image.shape[1] // k, k).min(axis=(1, 3))
+
+
 def _upsample_labels(labels: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(labels, k, axis=0), k, axis=1)[: shape[0], : shape[1]]
 
@@ -141,12 +180,16 @@ def _working_factor(params: ClassicalParams, pixel_size_um: float) -> int:
     return max(1, int(d_px // (params.working_diameter_px * 2 / 3)))
 
 
-def _background(smooth: np.ndarray, radius_px: float) -> np.ndarray:
-    """Large-scale background: grey opening with a disk at a reduced resolution, box-blurred, upsampled."""
+def _background(smooth: np.ndarray, radius_px: float, *, min_pool: bool = False) -> np.ndarray:
+    """Large-scale background: grey opening with a disk at a reduced resolution, box-blurred, upsampled.
+
+    ``min_pool``: reduce the resolution by block minima instead of sampling every ``step``-th pixel, so
+    background gaps narrower than a block (between confluent cells) are not skipped.
+    """
     from scipy import ndimage as ndi
 
     step = max(1, int(radius_px // 8))
-    small = smooth[::step, ::step]
+    small = _block_min(smooth, step) if (min_pool and step > 1) else smooth[::step, ::step]
     r = max(1, int(round(radius_px / step)))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     disk = (yy ** 2 + xx ** 2) <= r * r
@@ -171,7 +214,7 @@ def _robust_threshold(values: np.ndarray, linear_fraction: float) -> float:
 
 
 def foreground_mask(image: np.ndarray, *, scale_px: float, smooth_px: float,
-                    linear_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                    linear_fraction: float = 0.5, min_pool: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Smoothed, background-subtracted signal and its thresholded foreground.
 
     Parameters
@@ -183,6 +226,9 @@ def foreground_mask(image: np.ndarray, *, scale_px: float, smooth_px: float,
         Gaussian σ, px.
     linear_fraction : float
         See :func:`_robust_threshold`.
+    min_pool : bool
+        Estimate the background from block minima (see :func:`_background`); used for cytoplasm stains,
+        whose only background in a confluent field is the narrow gaps between cells.
 
     Returns
     -------
@@ -193,7 +239,7 @@ def foreground_mask(image: np.ndarray, *, scale_px: float, smooth_px: float,
     from scipy import ndimage as ndi
 
     smooth = ndi.gaussian_filter(image, smooth_px) if smooth_px > 0.3 else image
-    signal = np.clip(smooth - _background(smooth, scale_px), 0, None)
+    signal = np.clip(smooth - _background(smooth, scale_px, min_pool=min_pool), 0, None)
     thr = _robust_threshold(signal, linear_fraction)
     if not np.isfinite(thr) or thr <= 0:
         return np.zeros_like(signal), np.zeros(signal.shape, bool)
@@ -332,8 +378,10 @@ def classical_cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, *, pixel_
     ----------
     nuclei : ndarray, shape (H, W), int
         Nucleus labels (0 = background).
-    cyto_image : ndarray, shape (H, W), any integer or float dtype, or None
-        Cytoplasm stain. None: nuclei are expanded by ``params.cell_expansion_um`` (see Notes).
+    cyto_image : ndarray, shape (H, W) or (C, H, W), any integer or float dtype, or None
+        Cytoplasm stain, or a stack of several (e.g. all non-nuclear Cell Painting channels), whose signals
+        are averaged in units of each channel's own threshold. None: nuclei are expanded by
+        ``params.cell_expansion_um`` (see Notes).
     pixel_size_um : float
         µm per pixel.
     params : ClassicalParams, optional
@@ -347,6 +395,9 @@ def classical_cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, *, pixel_
 
     Notes
     -----
+    With a cytoplasm channel, cells are propagated from the nuclei inside a per-cell thresholded foreground
+    (see the module docstring and :func:`_cell_thresholds`, :func:`_propagate`).
+
     Without a cytoplasm channel the expansion is bounded by a permissive foreground of the nuclear channel
     (half its nuclear threshold) when that foreground is at least 1.5x larger than the nuclei, i.e. when the
     channel carries cytoplasmic signal; otherwise the expansion is bounded only by the distance.
@@ -356,16 +407,21 @@ def classical_cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, *, pixel_
     if nuclei.ndim != 2:
         raise ValueError(f"nucleus labels must be 2-D, got shape {nuclei.shape}")
     nuclei = nuclei.astype(np.int32, copy=False)
-    for name, other in (("cytoplasm image", cyto_image), ("nuclei image", nuclei_image)):
-        if other is not None and np.shape(other) != nuclei.shape:
-            raise ValueError(f"{name} shape {np.shape(other)} differs from the nucleus labels {nuclei.shape}")
+    if cyto_image is not None:
+        cyto_image = np.asarray(cyto_image)
+        if cyto_image.ndim not in (2, 3) or cyto_image.shape[-2:] != nuclei.shape:
+            raise ValueError(f"cytoplasm image shape {cyto_image.shape} differs from the nucleus labels "
+                             f"{nuclei.shape} (expected (H, W) or (C, H, W))")
+    if nuclei_image is not None and np.shape(nuclei_image) != nuclei.shape:
+        raise ValueError(f"nuclei image shape {np.shape(nuclei_image)} differs from the nucleus labels {nuclei.shape}")
     if not (nuclei > 0).any():
         return np.zeros(nuclei.shape, np.int32)
     k = _working_factor(params, pixel_size_um)
     if k > 1:
         small_nuc = nuclei[k // 2::k, k // 2::k]  # nearest-neighbour downsampling keeps label ids
         small = classical_cells(
-            small_nuc, None if cyto_image is None else _block_mean(_as_float(cyto_image, "cytoplasm image"), k),
+            small_nuc, None if cyto_image is None else np.stack(
+                [_block_mean(c, k) for c in _cyto_channels(cyto_image)]),
             pixel_size_um=pixel_size_um * k, params=replace(params, working_diameter_px=0),
             nuclei_image=None if nuclei_image is None else _block_mean(_as_float(nuclei_image, "nuclei image"), k))
         cells = _upsample_labels(small, k, nuclei.shape)
@@ -377,8 +433,6 @@ def classical_cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, *, pixel_
 def _cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, pixel_size_um: float, params: ClassicalParams,
            nuclei_image: np.ndarray | None) -> np.ndarray:
     from scipy import ndimage as ndi
-    from skimage.filters import sobel
-    from skimage.segmentation import watershed
 
     d_px = params.nucleus_diameter_um / pixel_size_um
     nuc_mask = nuclei > 0
@@ -392,15 +446,212 @@ def _cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, pixel_size_um: flo
             if loose.sum() >= 1.5 * nuc_mask.sum():
                 bound = ndi.binary_fill_holes(loose)
         return expand_nuclei(nuclei, distance_px=params.cell_expansion_um / pixel_size_um, mask=bound)
-    img = _as_float(cyto_image, "cytoplasm image")
-    signal, fg = foreground_mask(img, scale_px=max(2.0, 3 * d_px), smooth_px=params.smooth_fraction * d_px,
-                                 linear_fraction=0.0)
-    fg = signal > params.cell_threshold_factor
-    fg = ndi.binary_fill_holes(fg | nuc_mask)
-    dist_from_nuclei = ndi.distance_transform_edt(~nuc_mask)
-    fg &= dist_from_nuclei <= params.max_cell_radius_um / pixel_size_um
-    grad = sobel(np.log1p(signal))
-    scale = float(np.median(grad[fg])) if fg.any() else 1.0
-    land = grad / (scale if scale > 0 else 1.0) + params.distance_weight * dist_from_nuclei / max(1.0, d_px / 2)
-    cells = watershed(land, markers=nuclei, mask=fg)
+    signal = _cytoplasm_signal(cyto_image, d_px, params)
+    dist, territory = _territories(nuclei, _cost_grid_factor(d_px))
+    thr = _cell_thresholds(signal, territory, nuc_mask, params)
+    fg = ((signal > thr[territory]) & (dist <= params.max_cell_radius_um / pixel_size_um)) | nuc_mask
+    del dist, territory
+    if params.cell_fill_nucleus_holes:
+        # a dim region touching a nucleus is that cell's cytoplasm (the dark interior between the membrane
+        # and actin of a Cell Painting AGP cell); not a plain fill of all holes, which would also claim the
+        # background enclosed by a ring of cells in a sparse field
+        fg = _fill_holes_touching(fg, nuc_mask)
+    cells = _propagate(nuclei, signal, fg, d_px=d_px, params=params)
+    return _fill_label_holes(cells)
+
+
+def _cost_grid_factor(d_px: float) -> int:
+    """Block size of the grid for territories and path costs: pixels of at most a tenth of a nucleus diameter."""
+    return max(1, int(d_px // 10))
+
+
+def _territories(nuclei: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the nearest nucleus (px) and that nucleus' id (its Voronoi territory), per pixel.
+
+    One distance transform gives both; it runs on k x k blocks (the territories only choose each pixel's
+    threshold and bound the cells' reach, which a tenth of a nucleus diameter does not change) and is
+    repeated back to full resolution.
+    """
+    from scipy import ndimage as ndi
+
+    small = _block_max(nuclei, k) if k > 1 else nuclei
+    dist, (iy, ix) = ndi.distance_transform_edt(small == 0, return_indices=True)
+    territory = small[iy, ix]
+    if k == 1:
+        return dist, territory
+    h, w = nuclei.shape
+    return (_upsample_labels(dist.astype(np.float32) * np.float32(k), k, (h, w)),
+            _upsample_labels(territory, k, (h, w)))
+
+
+def _cyto_channels(cyto_image: np.ndarray) -> list[np.ndarray]:
+    """The channels of a (H, W) or (C, H, W) cytoplasm image as float32 (H, W) arrays."""
+    if cyto_image.ndim == 2:
+        return [_as_float(cyto_image, "cytoplasm image")]
+    return [_as_float(c, f"cytoplasm image channel {i}") for i, c in enumerate(cyto_image)]
+
+
+def _cytoplasm_signal(cyto_image: np.ndarray, d_px: float, params: ClassicalParams) -> np.ndarray:
+    """Smoothed, background-subtracted cytoplasm signal in units of its global threshold (see
+    :func:`foreground_mask`); the mean over the channels of a stack, leaving out channels without a
+    threshold (blank or flat), so each stain counts relative to its own brightness."""
+    signals = []
+    for img in _cyto_channels(cyto_image):
+        sig, fg = foreground_mask(img, scale_px=max(2.0, 3 * d_px), smooth_px=params.smooth_fraction * d_px,
+                                  linear_fraction=0.0, min_pool=True)
+        if fg.any():
+            signals.append(sig)
+    if not signals:
+        return np.zeros(cyto_image.shape[-2:], np.float32)
+    return signals[0] if len(signals) == 1 else np.mean(signals, axis=0, dtype=np.float32)
+
+
+def _cell_thresholds(signal: np.ndarray, territory: np.ndarray, nuc_mask: np.ndarray,
+                     params: ClassicalParams) -> np.ndarray:
+    """Foreground threshold of each cell, in units of the global threshold (``signal`` is divided by it).
+
+    The global (log-Otsu) threshold separates cells from background when the field has a background class,
+    and then the cells' cytoplasm lies far above it (Cell Painting AGP: median ~7x). In confluent fields, or
+    with stains that fade towards the thin cell periphery (ER, RNA, microtubules), Otsu splits the cells'
+    own intensity distribution instead and cuts off their periphery. So each cell's threshold is lowered to
+    ``cell_relative_threshold`` x its own level (the median cytoplasm signal above the global threshold in
+    its Voronoi territory) when that is lower, but never below ``cell_min_threshold``; the result is then
+    scaled by ``cell_threshold_factor``.
+
+    Returns
+    -------
+    ndarray, shape (n_nuclei + 1,), float32
+        Index 0 (pixels of no territory) holds the global threshold.
+    """
+    n = int(territory.max(initial=0))
+    thr = np.ones(n + 1, np.float32)
+    f = params.cell_relative_threshold
+    if f > 0 and n:
+        sel = (signal > 1.0) & ~nuc_mask & (territory > 0)
+        level = _median_by_label(signal[sel], territory[sel], n)
+        have = np.isfinite(level)  # a territory without signal above the global threshold keeps it
+        thr[have] = np.clip(f * level[have], min(params.cell_min_threshold, 1.0), 1.0)
+    return thr * np.float32(params.cell_threshold_factor)
+
+
+def _median_by_label(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Median of non-negative ``values`` per label 1..n (NaN where a label has no value), by sorting.
+
+    ``scipy.ndimage.median`` takes ~0.5 s on a 1080² site; this a tenth of that.
+    """
+    out = np.full(n + 1, np.nan, np.float64)
+    if values.size == 0:
+        return out
+    # one float sort of label x span + value (values >= 0) orders by label, then value
+    span = float(values.max()) + 1.0
+    lab = labels.astype(np.float64)
+    v = np.sort(lab * span + values) - np.sort(lab) * span
+    counts = np.bincount(labels, minlength=n + 1)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ok = counts > 0
+    lo = start[ok] + (counts[ok] - 1) // 2
+    hi = start[ok] + counts[ok] // 2
+    out[ok] = 0.5 * (v[lo].astype(np.float64) + v[hi])
+    return out
+
+
+def _propagate(nuclei: np.ndarray, signal: np.ndarray, fg: np.ndarray, *, d_px: float,
+               params: ClassicalParams) -> np.ndarray:
+    """Seeded propagation (CellProfiler's IdentifySecondaryObjects "Propagation") of nuclei inside ``fg``.
+
+    Each foreground pixel goes to the nucleus with the cheapest path to it, a path costing
+    ``integral of sqrt(|grad s|^2 + w^2)`` per nucleus radius of length, where ``s`` is the signal normalised
+    to the median cytoplasm level and ``w`` = ``distance_weight``. Crossing a dim gap or a bright membrane
+    between two cells is expensive, so boundaries follow them; in flat or textured cytoplasm the cost is
+    close to the distance and the split is the Voronoi one. Unlike a watershed of the gradient (which, once
+    a ridge is crossed, floods everything lower behind it) the cost accumulates along the path.
+
+    The path costs (Dijkstra, :class:`skimage.graph.MCP_Geometric`) are computed on a grid whose pixels are
+    at most a tenth of a nucleus diameter (borders need no finer resolution, and the cost falls with the
+    square of the block size: ~0.1 s instead of ~0.8 s on a 1080² Cell Painting site); the cells are then
+    flooded at full resolution (seeded watershed) over the bilinearly interpolated costs, which keeps their
+    outlines at full resolution and every cell connected to its nucleus.
+    """
+    from scipy import ndimage as ndi
+    from skimage.graph import MCP_Geometric
+    from skimage.segmentation import watershed
+
+    shape = nuclei.shape
+    cyto = fg & (nuclei == 0)
+    level = float(np.median(signal[cyto])) if cyto.any() else 0.0
+    s = signal / np.float32(level if level > 0 else 1.0)
+    k = _cost_grid_factor(d_px)
+    if k > 1:
+        s = _block_mean(s, k)
+        fg_c = _block_mean(fg.astype(np.float32), k) > 0
+        seeds = _block_max(nuclei, k)
+    else:
+        fg_c, seeds = fg, nuclei
+    radius_px = max(1.0, d_px / 2 / k)  # nucleus radius on the cost grid
+    gy, gx = np.gradient(s)
+    step = np.sqrt((gy * gy + gx * gx) * np.float32(radius_px ** 2) + np.float32(params.distance_weight ** 2))
+    step = np.where(fg_c, step / np.float32(radius_px), np.inf).astype(np.float64)
+    # moving inside a nucleus is free, so one start pixel per nucleus stands for all of it (MCP pays a
+    # Python-level cost per start point)
+    step[seeds > 0] = 1e-9
+    ids, first = np.unique(seeds.ravel(), return_index=True)
+    starts = np.column_stack(np.unravel_index(first[ids > 0], seeds.shape))
+    costs, _ = MCP_Geometric(step, fully_connected=True).find_costs(starts)
+    finite = np.isfinite(costs)
+    costs[~finite] = (costs[finite].max() + 1.0) if finite.any() else 0.0
+    costs = costs.astype(np.float32)
+    if k > 1:  # bilinear, block centres to pixel centres
+        costs = ndi.zoom(costs, k, order=1, mode="nearest", grid_mode=True)[: shape[0], : shape[1]]
+    cells = watershed(costs, markers=nuclei, mask=fg)
     return cells.astype(np.int32)
+
+
+def _fill_holes_touching(fg: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """``fg`` with its holes (background not connected to the image border) that touch ``seeds`` filled."""
+    from scipy import ndimage as ndi
+
+    holes, n = ndi.label(~fg)
+    if n == 0:
+        return fg
+    touch = np.zeros(n + 1, bool)
+    touch[holes[ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))]] = True
+    touch[np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])] = False
+    touch[0] = False
+    return fg | touch[holes]
+
+
+def _fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill every background region that touches exactly one label and not the image border with it.
+
+    Like CellProfiler's ``fill_labeled_holes``: a dark spot inside a cell becomes part of it, but a gap
+    enclosed by several cells does not.
+    """
+    from scipy import ndimage as ndi
+
+    holes, n = ndi.label(labels == 0)
+    if n == 0:
+        return labels
+    enclosed = np.ones(n + 1, bool)
+    enclosed[np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])] = False
+    enclosed[0] = False
+    sel = enclosed[holes]  # pixels of background regions that do not reach the border
+    if not sel.any():
+        return labels
+    # the largest and smallest label next to each such region (8-neighbourhood)
+    big = np.iinfo(np.int32).max
+    ids = holes[sel]
+    hi = np.zeros(n + 1, np.int64)
+    lo = np.full(n + 1, big, np.int64)
+    np.maximum.at(hi, ids, ndi.maximum_filter(labels, size=3)[sel])
+    np.minimum.at(lo, ids, ndi.minimum_filter(np.where(labels > 0, labels, big), size=3)[sel])
+    lut = np.where(enclosed & (hi == lo) & (hi > 0), hi, 0).astype(labels.dtype)
+    out = labels.copy()
+    out[sel] = lut[ids]
+    return out
+
+
+def _block_max(labels: np.ndarray, k: int) -> np.ndarray:
+    """Maximum over k x k blocks (edge blocks padded with 0)."""
+    h, w = labels.shape
+    padded = np.pad(labels, ((0, (-h) % k), (0, (-w) % k)))
+    return padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k).max(axis=(1, 3))
