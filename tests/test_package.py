@@ -10,7 +10,7 @@ import subcell_screen
 
 def test_import_is_cheap_and_side_effect_free():
     code = ("import sys, logging; import subcell_screen; "
-            "heavy = [m for m in ('torch', 'cellpose', 'ray', 'transformers', 'matplotlib', 'pandas', 'duckdb') "
+            "heavy = [m for m in ('torch', 'cellpose', 'ray', 'transformers', 'matplotlib', 'pandas', 'duckdb', 'numba') "
             "if m in sys.modules]; "
             "assert not heavy, heavy; "
             "assert not logging.getLogger().handlers; print('ok')")

@@ -7,10 +7,11 @@ Two layouts are supported and converted into each other:
   ``feature_sets`` table;
 * pycytominer's **wide layout**: ``Metadata_*`` columns plus one numeric column per feature.
 
-Group medians and means are computed on numpy blocks of equally sized groups (one vectorised reduction per
-distinct group size, never one Python call per group), in float64 so that they equal pandas' (and thus
-pycytominer's) ``groupby().median()`` / ``.mean()`` after its cast to float; missing values are skipped as
-pandas does.
+Group medians run in a compiled sorting-network kernel (:mod:`._median`, numba) vectorised across features;
+means, groups with missing values and huge groups (or everything, without numba) run on numpy blocks of
+equally sized groups (one vectorised reduction per distinct group size, never one Python call per group).
+Results are float64 and equal pandas' (and thus pycytominer's) ``groupby().median()`` / ``.mean()`` after
+its cast to float; missing values are skipped as pandas does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from . import _median
 from ._frame import (
     _names,
     as_list,
@@ -43,7 +45,7 @@ AGGREGATE_METHODS = ("median", "mean")
 
 #: Working memory of one block of the grouped reduction (bytes); blocks run on up to ``_THREADS`` threads.
 _CHUNK_BYTES = 64 << 20
-_THREADS = min(4, os.cpu_count() or 1)
+_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 # -- grouped reduction core -------------------------------------------------------------------------------
@@ -68,13 +70,15 @@ def _median_sorted(block: np.ndarray) -> np.ndarray:
     return (lo + s[..., k // 2].astype(np.float64)) / 2
 
 
-def reduce_groups(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -> np.ndarray:
+def reduce_groups(x: np.ndarray | Sequence[np.ndarray] | _median.Rows, codes: np.ndarray, n_groups: int,
+                  method: str) -> np.ndarray:
     """Per-group median or mean of the rows of ``x``.
 
     Parameters
     ----------
-    x : numpy.ndarray
-        ``(n, d)`` float32 or float64; NaN marks missing values (skipped).
+    x : numpy.ndarray or sequence of numpy.ndarray
+        ``(n, d)`` float32 or float64 (or row blocks ``(n_i, d)`` taken as their concatenation); NaN marks
+        missing values (skipped).
     codes : numpy.ndarray
         ``(n,)`` group index of every row, ``0 <= code < n_groups``.
     n_groups : int
@@ -87,16 +91,30 @@ def reduce_groups(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) 
     """
     if method not in AGGREGATE_METHODS:
         raise ValueError(f"method must be one of {AGGREGATE_METHODS}, got {method!r}")
-    n, d = x.shape
+    rows = x if isinstance(x, _median.Rows) else _median.Rows.of(x)
+    n, d = rows.shape
     out = np.full((n_groups, d), np.nan)
     if n == 0:
         return out
+    if codes.shape != (n,):
+        raise ValueError(f"codes must have one entry per row ({n}), got shape {codes.shape}")
     order = np.argsort(codes, kind="stable")
     counts = np.bincount(codes, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    todo = counts > 0
+    if method == "median" and _median.available() and rows.dtype in (np.float32, np.float64):
+        # compiled sorting networks for all but huge groups; groups with NaN come back for numpy
+        net = np.flatnonzero(todo & (counts <= _median.MAX_NETWORK_SIZE))
+        if net.size:
+            med, nan_groups = _median.grouped_median_network(rows, order, starts, counts, net, threads=_THREADS)
+            out[net[~nan_groups]] = med[~nan_groups]
+            todo[net[~nan_groups]] = False
+    if not todo.any():
+        return out
+    x = rows.stack()
     jobs = []
-    for k in np.unique(counts[counts > 0]):
-        gs = np.flatnonzero(counts == k)
+    for k in np.unique(counts[todo]):
+        gs = np.flatnonzero(todo & (counts == k))
         per = max(1, _CHUNK_BYTES // int(k * d * 8))
         jobs += [(int(k), gs[c0:c0 + per]) for c0 in range(0, gs.size, per)]
 
@@ -119,6 +137,8 @@ def reduce_groups(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) 
     # numpy releases the GIL in copies and sorts: blocks (disjoint output rows) run on a few threads; blocks
     # with missing values run afterwards in this thread (numpy's all-NaN warnings are silenced, not threadsafe)
     workers = min(len(jobs), _THREADS)
+    if not jobs:
+        return out
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -335,7 +355,14 @@ def _modz(block: np.ndarray, method: str, min_weight: float, precision: int) -> 
 # -- array layout -----------------------------------------------------------------------------------------
 
 
-def _array_matrix(df: pl.DataFrame, column: str) -> np.ndarray:
+def _array_rows(df: pl.DataFrame, column: str) -> _median.Rows | np.ndarray:
+    """The rows of a fixed-width float array column, read in place.
+
+    A frame read from many files has one chunk per file: concatenating them costs a pass over memory and
+    ``Series.to_numpy`` rechunks through a slow generic path, so the chunks' Arrow buffers are used as row
+    blocks (``_median.Rows``). Columns with missing inner values (which must read as NaN) or non-float
+    elements come back as one numpy array.
+    """
     s = df.get_column(column)
     if not isinstance(s.dtype, pl.Array):
         raise ValueError(f"column {column!r} must be a fixed-width pl.Array of floats, got {s.dtype}")
@@ -344,10 +371,34 @@ def _array_matrix(df: pl.DataFrame, column: str) -> np.ndarray:
     width = s.dtype.size
     if df.height == 0:
         return np.zeros((0, width), dtype=np.float32)
+    if s.dtype.inner in (pl.Float32, pl.Float64) and width:
+        dtype = np.dtype(np.float32 if s.dtype.inner == pl.Float32 else np.float64)
+        try:
+            import pyarrow as pa
+
+            chunks = pa.chunked_array(s).chunks  # zero-copy through the Arrow C stream interface
+        except (TypeError, ValueError, AttributeError, ImportError):
+            chunks = None
+        if chunks is not None:
+            bases, lengths = [], []
+            for c in chunks:
+                values = c.values  # the child array, without the list array's own offset
+                if values.null_count:
+                    bases = None
+                    break
+                if len(c):
+                    bases.append(values.buffers()[1].address + (values.offset + c.offset * width) * dtype.itemsize)
+                    lengths.append(len(c))
+            if bases:
+                return _median.Rows(bases=np.asarray(bases, dtype=np.int64), lengths=np.asarray(lengths, np.int64),
+                                    width=width, dtype=dtype, owner=chunks)
     x = s.to_numpy()
-    if x.ndim != 2:
-        x = np.stack(x)
-    return x
+    return x if x.ndim == 2 else np.stack(x)
+
+
+def _array_matrix(df: pl.DataFrame, column: str) -> np.ndarray:
+    x = _array_rows(df, column)
+    return x.stack() if isinstance(x, _median.Rows) else x
 
 
 def aggregate_array(
@@ -392,9 +443,10 @@ def aggregate_array(
     missing = [c for c in need if c not in schema.names()]
     if missing:
         raise ValueError(f"columns not in the frame: {_names(missing)}")
-    df = lf.select(need).collect()
-    x = _array_matrix(df, column)
-    codes, uniq = _sorted_groups(df.select(by), by)
+    # a DataFrame's columns are taken as they are: select() on a frame of many chunks costs more than this
+    df = frame if isinstance(frame, pl.DataFrame) else lf.select(need).collect()
+    x = _array_rows(df, column)
+    codes, uniq = _sorted_groups(pl.DataFrame([df.get_column(c).rechunk() for c in by]), by)
     agg = reduce_groups(x, codes, uniq.height, method)
     _warn_missing(agg, [f"{column}[{j}]" for j in range(agg.shape[1])], f"aggregate_array({method})")
     out = uniq
