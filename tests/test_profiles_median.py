@@ -162,3 +162,11 @@ def test_aggregate_array_inner_nulls_read_as_missing():
     assert not isinstance(_aggregate._array_rows(df, "features"), _median.Rows)
     out = aggregate_array(df, by="well")
     np.testing.assert_array_equal(out["features"].to_numpy()[0], [2.0, 6.0])
+
+
+def test_network_pruning_numba_equals_python():
+    for n in (2, 3, 9, 85, 300):
+        pairs = _median._batcher_pairs(n)
+        ref = _median._prune_py(pairs, (n - 1) // 2, n // 2)
+        got = _median._prune_numba()(pairs, (n - 1) // 2, n // 2)
+        np.testing.assert_array_equal(got, ref)

@@ -113,15 +113,10 @@ def available() -> bool:
     return _kernel() is not None
 
 
-def _batcher_pairs(n: int) -> list[tuple[int, int]]:
-    """Comparators of Batcher's odd-even merge sort on ``n`` inputs, in order (``(i, j)``, ``i < j``).
-
-    The network for the next power of two is cut to ``n`` wires: inputs beyond ``n`` would hold +inf and never
-    move, so their comparators are no-ops and are left out.
-    """
-    p2 = 1
-    while p2 < n:
-        p2 *= 2
+@functools.lru_cache(maxsize=16)
+def _batcher_pow2(p2: int) -> np.ndarray:
+    """``(m, 2)`` int64 comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort on ``p2`` (a power
+    of two) inputs, in order."""
     pairs = []
     p = 1
     while p < p2:
@@ -129,11 +124,34 @@ def _batcher_pairs(n: int) -> list[tuple[int, int]]:
         while k >= 1:
             for j in range(k % p, p2 - k, 2 * k):
                 for i in range(min(k, p2 - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < n:
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
                         pairs.append((i + j, i + j + k))
             k //= 2
         p *= 2
-    return pairs
+    out = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    out.flags.writeable = False
+    return out
+
+
+def _batcher_pairs(n: int) -> np.ndarray:
+    """Batcher's network for the next power of two, cut to ``n`` wires: inputs beyond ``n`` would hold +inf
+    and never move, so their comparators are no-ops and are left out."""
+    p2 = 1
+    while p2 < n:
+        p2 *= 2
+    full = _batcher_pow2(p2)
+    return full[full[:, 1] < n]
+
+
+def _prune_py(pairs: np.ndarray, a: int, b: int) -> np.ndarray:
+    need = np.zeros(int(pairs.max(initial=max(a, b))) + 1, dtype=bool)
+    need[[a, b]] = True
+    keep = np.zeros(len(pairs), dtype=bool)
+    for q in range(len(pairs) - 1, -1, -1):
+        i, j = pairs[q]
+        if need[i] or need[j]:
+            keep[q] = need[i] = need[j] = True
+    return keep
 
 
 @functools.lru_cache(maxsize=4096)
@@ -142,13 +160,20 @@ def median_network(n: int) -> np.ndarray:
 
     Batcher's network pruned backwards: a comparator is kept when one of its outputs is still needed.
     """
-    need = {(n - 1) // 2, n // 2}
-    keep = []
-    for i, j in reversed(_batcher_pairs(n)):
-        if i in need or j in need:
-            keep.append((i, j))
-            need.update((i, j))
-    return np.asarray(keep[::-1], dtype=np.int64).reshape(-1, 2)
+    pairs = _batcher_pairs(n)
+    if len(pairs) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    kernel = _kernel()
+    prune = _prune_py if kernel is None else _prune_numba()
+    out = np.ascontiguousarray(pairs[prune(pairs, (n - 1) // 2, n // 2)])
+    out.flags.writeable = False
+    return out
+
+
+def _prune_numba():
+    from ._median_kernel import prune_network
+
+    return prune_network
 
 
 def grouped_median_network(blocks, order: np.ndarray, starts: np.ndarray, counts: np.ndarray,

@@ -87,3 +87,20 @@ def median_keys(addr, starts, counts, net_id, net_ptr, net, d, lanes, kmax, lo, 
                 hi_g[off + c] = b ^ ((b >> shift) & mag)
         if nan_found:
             bad[g] = True
+
+
+@numba.njit(cache=True)
+def prune_network(pairs, a, b):
+    """Comparators of ``pairs`` (in order) that outputs ``a`` and ``b`` depend on (a backward pass)."""
+    need = np.zeros(max(pairs.max(), a, b) + 1, dtype=np.bool_)
+    need[a] = True
+    need[b] = True
+    keep = np.zeros(pairs.shape[0], dtype=np.bool_)
+    for q in range(pairs.shape[0] - 1, -1, -1):
+        i = pairs[q, 0]
+        j = pairs[q, 1]
+        if need[i] or need[j]:
+            keep[q] = True
+            need[i] = True
+            need[j] = True
+    return keep
