@@ -93,20 +93,22 @@ def reduce_groups(x: np.ndarray | Sequence[np.ndarray] | _median.Rows, codes: np
         raise ValueError(f"method must be one of {AGGREGATE_METHODS}, got {method!r}")
     rows = x if isinstance(x, _median.Rows) else _median.Rows.of(x)
     n, d = rows.shape
-    out = np.full((n_groups, d), np.nan)
     if n == 0:
-        return out
+        return np.full((n_groups, d), np.nan)
     if codes.shape != (n,):
         raise ValueError(f"codes must have one entry per row ({n}), got shape {codes.shape}")
     order = np.argsort(codes, kind="stable")
     counts = np.bincount(codes, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     todo = counts > 0
+    out = np.full((n_groups, d), np.nan)
     if method == "median" and _median.available() and rows.dtype in (np.float32, np.float64):
         # compiled sorting networks for all but huge groups; groups with NaN come back for numpy
         net = np.flatnonzero(todo & (counts <= _median.MAX_NETWORK_SIZE))
         if net.size:
             med, nan_groups = _median.grouped_median_network(rows, order, starts, counts, net, threads=_THREADS)
+            if net.size == n_groups and not nan_groups.any():
+                return med  # every group done (the usual case)
             out[net[~nan_groups]] = med[~nan_groups]
             todo[net[~nan_groups]] = False
     if not todo.any():

@@ -241,7 +241,8 @@ def grouped_median_network(blocks, order: np.ndarray, starts: np.ndarray, counts
         step = max(1, min(64, n_sel // (8 * threads)))
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(lambda a: kernel(*args, a, min(a + step, n_sel)), range(0, n_sel, step)))
-    lo_f = lo.view(dtype).astype(np.float64)
-    odd = sel_counts % 2 == 1
-    med = np.where(odd[:, None], lo_f, (lo_f + hi.view(dtype).astype(np.float64)) / 2)
+    med = lo.view(dtype).astype(np.float64)
+    even = np.flatnonzero(sel_counts % 2 == 0)
+    if even.size:  # the float64 mean of the two middle values, as numpy and pandas compute it
+        med[even] = (med[even] + hi[even].view(dtype).astype(np.float64)) / 2
     return med, bad
