@@ -170,3 +170,27 @@ def test_network_pruning_numba_equals_python():
         ref = _median._prune_py(pairs, (n - 1) // 2, n // 2)
         got = _median._prune_numba()(pairs, (n - 1) // 2, n // 2)
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("method", ["median", "mean"])
+def test_aggregate_float32_wide_equals_float64_and_pandas(method):
+    import polars as pl
+
+    from subcell_screen.profiles import aggregate
+
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(5)
+    n = 400
+    x = rng.normal(size=(n, 12)).astype(np.float32)
+    x[rng.random(x.shape) < 0.02] = np.nan
+    names = [f"f{i}" for i in range(12)]
+    wells = rng.choice([f"A{i:02d}" for i in range(1, 9)], n)
+    f32 = pl.DataFrame({"Metadata_Well": wells}).with_columns(
+        [pl.Series(nm, x[:, i]) for i, nm in enumerate(names)])
+    f32 = f32.with_columns(pl.col("f3").fill_nan(None))  # nulls and NaN both missing
+    f64 = f32.with_columns(pl.col(names).cast(pl.Float64))
+    got32 = aggregate(f32, by="Metadata_Well", method=method)
+    got64 = aggregate(f64, by="Metadata_Well", method=method)
+    assert got32.equals(got64)
+    ref = pd.DataFrame(x.astype(np.float64), columns=names).groupby(wells).agg(method)
+    np.testing.assert_allclose(got32.select(names).to_numpy(), ref.to_numpy(), rtol=0 if method == "median" else 1e-12)
