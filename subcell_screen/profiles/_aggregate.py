@@ -17,7 +17,6 @@ its cast to float; missing values are skipped as pandas does.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from . import _median
+from ._frame import THREADS as _THREADS
 from ._frame import (
     _names,
     as_list,
@@ -46,7 +46,6 @@ AGGREGATE_METHODS = ("median", "mean")
 
 #: Working memory of one block of the grouped reduction (bytes); blocks run on up to ``_THREADS`` threads.
 _CHUNK_BYTES = 64 << 20
-_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 # -- grouped reduction core -------------------------------------------------------------------------------
@@ -404,11 +403,6 @@ def _array_rows(df: pl.DataFrame, column: str) -> _median.Rows | np.ndarray:
     return x if x.ndim == 2 else np.stack(x)
 
 
-def _array_matrix(df: pl.DataFrame, column: str) -> np.ndarray:
-    x = _array_rows(df, column)
-    return x.stack() if isinstance(x, _median.Rows) else x
-
-
 def aggregate_array(
     frame: pl.DataFrame | pl.LazyFrame,
     *,
@@ -454,7 +448,7 @@ def aggregate_array(
     # a DataFrame's columns are taken as they are: select() on a frame of many chunks costs more than this
     df = frame if isinstance(frame, pl.DataFrame) else lf.select(need).collect()
     x = _array_rows(df, column)
-    codes, uniq = _sorted_groups(pl.DataFrame([df.get_column(c).rechunk() for c in by]), by)
+    codes, uniq = _sorted_groups(pick_columns(df, by).rechunk(), by)
     agg = reduce_groups(x, codes, uniq.height, method)
     _warn_missing(agg, [f"{column}[{j}]" for j in range(agg.shape[1])], f"aggregate_array({method})")
     out = uniq

@@ -27,8 +27,9 @@ NEGCON: pl.Expr = pl.col("Metadata_control_type") == "negcon"
 #: How many offending names an error or warning lists before it says "and N more".
 _MAX_NAMES = 8
 
-#: Threads for column-wise numpy work (numpy releases the GIL in its loops, sorts and copies).
-THREADS = min(4, os.cpu_count() or 1)
+#: Threads for column-wise numpy work, grouped reductions and page decoding (numpy, the median kernel and the
+#: codecs release the GIL); the CPUs this process may run on, at most 8.
+THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def is_pandas(obj: Any) -> bool:

@@ -204,14 +204,11 @@ def grouped_median_network(blocks, order: np.ndarray, starts: np.ndarray, counts
     kernel = _kernel()
     if kernel is None:
         raise RuntimeError("numba is not available")
-    floats = (np.dtype(np.float32), np.dtype(np.float64))
-    if isinstance(blocks, np.ndarray) and blocks.dtype not in floats:
-        raise TypeError(f"rows must be float32 or float64, got {blocks.dtype}")
     if isinstance(blocks, np.ndarray) and not blocks.flags.c_contiguous:
-        raise ValueError("rows must be C-contiguous")
+        raise ValueError("rows must be C-contiguous")  # Rows.of would copy; the caller should decide that
     rows = Rows.of(blocks)
     dtype = rows.dtype
-    if dtype not in floats:
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"rows must be float32 or float64, got {dtype}")
     d = rows.width
     addr = rows.addresses()[order]  # the blocks stay referenced by ``rows`` while the kernel runs

@@ -24,7 +24,6 @@ Every file goes through strict checks, and any file that does not pass them is r
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from ._frame import THREADS
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def read_site_arrays(files: Sequence[str | Path], *, column: str = "features", t
     column : str
         The fixed-width feature-array column (``pl.Array(pl.Float32 | pl.Float64, D)``).
     threads : int, optional
-        Threads decoding pages (decompression releases the GIL); default ``min(4, cpu_count)``.
+        Threads decoding pages (decompression releases the GIL); default ``_frame.THREADS``.
     progress : bool, optional
         Progress bar over files (default off).
 
@@ -99,7 +100,7 @@ def read_site_arrays(files: Sequence[str | Path], *, column: str = "features", t
 
     files = [Path(f) for f in files]
     if threads is None:
-        threads = min(4, os.cpu_count() or 1)
+        threads = THREADS
     fast = _FastLayout.from_files(files, column)
     parsed: list[_Parsed | None] = [None] * len(files)
 
