@@ -194,3 +194,11 @@ def test_aggregate_float32_wide_equals_float64_and_pandas(method):
     assert got32.equals(got64)
     ref = pd.DataFrame(x.astype(np.float64), columns=names).groupby(wells).agg(method)
     np.testing.assert_allclose(got32.select(names).to_numpy(), ref.to_numpy(), rtol=0 if method == "median" else 1e-12)
+
+
+def test_reduce_groups_rejects_codes_that_do_not_fit():
+    x = np.zeros((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="one entry per row"):
+        reduce_groups(x, np.array([0, 1, 0]), 2, "median")
+    with pytest.raises(ValueError, match=r"codes must lie in 0\.\.1, got 0\.\.2"):
+        reduce_groups(x, np.array([0, 1, 2, 0]), 2, "median")

@@ -97,6 +97,8 @@ def reduce_groups(x: np.ndarray | Sequence[np.ndarray] | _median.Rows, codes: np
         return np.full((n_groups, d), np.nan)
     if codes.shape != (n,):
         raise ValueError(f"codes must have one entry per row ({n}), got shape {codes.shape}")
+    if codes.min() < 0 or codes.max() >= n_groups:
+        raise ValueError(f"codes must lie in 0..{n_groups - 1}, got {codes.min()}..{codes.max()}")
     order = np.argsort(codes, kind="stable")
     counts = np.bincount(codes, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
