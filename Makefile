@@ -2,29 +2,38 @@
 #   make demo   - simulate a small screen with planted effects and run the whole pipeline
 #   make test   - run the test suite (what CI runs)
 #
-# PyTorch is pinned here only (never in pyproject.toml): on this project's machines torch 2.14.1 +
-# torchvision 0.29.1 (needed by Cellpose 4) install from local disk; elsewhere pip downloads them.
-# Override with e.g.  make test TORCH_SPEC="torch==2.5.1 torchvision==0.20.1"
+# Installs are reproducible: every package is installed at the version in constraints.txt (the versions the
+# suite runs against; pyproject.toml's ranges start at them). 'make lock' rewrites it from the current .venv.
+# torch 2.14.1 + torchvision 0.29.1 (needed by Cellpose 4) install from local disk on this project's machines;
+# elsewhere pip downloads them. Override with e.g.  make test TORCH_SPEC="torch==2.15.0 torchvision==0.30.0"
+# CONSTRAINTS=  (a different torch needs its own lock).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+CONSTRAINTS ?= constraints.txt
 EXTRAS ?= dev,ray
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile constraints.txt | cksum | cut -d' ' -f1)
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo_out
 
-.PHONY: install test test-all test-slow demo lint bench clean
+.PHONY: install test test-all test-slow demo lint bench clean lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_C) $(TORCH_SPEC)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_C) -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# rewrite constraints.txt from the installed .venv (after changing a dependency: install, test, lock, commit)
+lock:
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable --disable-pip-version-check; } \
+		> constraints.txt.new && mv constraints.txt.new constraints.txt
 
 # default suite: offline, CPU, no slow/gpu/network tests (target: < 10 min on 2 cores)
 test: $(STAMP)

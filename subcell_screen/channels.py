@@ -34,6 +34,10 @@ __all__ = [
     "preset",
     "list_presets",
     "custom_channel_map",
+    "COLORS",
+    "CELLPAINTING_COLORS",
+    "HPA_COLORS",
+    "parse_color",
 ]
 
 #: SubCell channel sets, letters in tensor order.
@@ -42,6 +46,38 @@ MODEL_CHANNELS: tuple[str, ...] = ("rybg", "rbg", "ybg", "bg")
 SLOT_NAMES: Mapping[str, str] = {"r": "microtubules", "y": "ER", "b": "nucleus", "g": "protein"}
 #: Width of one SubCell embedding (2 pooling heads x 768).
 EMBEDDING_DIM = 1536
+
+#: Named display colours (RGB in [0, 1]); the nucleus blue is lightened so that it stays visible on black.
+COLORS: Mapping[str, tuple[float, float, float]] = {
+    "blue": (0.0, 0.35, 1.0), "green": (0.0, 1.0, 0.0), "red": (1.0, 0.0, 0.0), "yellow": (1.0, 1.0, 0.0),
+    "magenta": (1.0, 0.0, 1.0), "cyan": (0.0, 1.0, 1.0), "orange": (1.0, 0.5, 0.0), "grey": (0.7, 0.7, 0.7),
+    "white": (1.0, 1.0, 1.0)}
+#: Cell Painting display convention by dye (as in Cell Painting Gallery / JUMP montages: Hoechst blue, ConA
+#: green, SYTO 14 yellow, phalloidin + WGA red, MitoTracker magenta).
+CELLPAINTING_COLORS: Mapping[str, str] = {"DNA": "blue", "ER": "green", "RNA": "yellow", "AGP": "red",
+                                          "Mito": "magenta"}
+#: HPA display convention: the colour each channel has in the Human Protein Atlas (and SubCell's letters).
+HPA_COLORS: Mapping[str, str] = {"microtubules": "red", "er": "yellow", "nucleus": "blue", "protein": "green"}
+_LETTER_COLORS = {"r": "red", "y": "yellow", "b": "blue", "g": "green"}
+
+
+def parse_color(value: str) -> tuple[float, float, float]:
+    """A colour name of :data:`COLORS` or ``#rrggbb`` as RGB in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        Naming the value and the accepted forms.
+    """
+    text = str(value).strip().lower()
+    if text in COLORS:
+        return COLORS[text]
+    if len(text) == 7 and text.startswith("#"):
+        try:
+            return tuple(int(text[i:i + 2], 16) / 255.0 for i in (1, 3, 5))  # type: ignore[return-value]
+        except ValueError:
+            pass
+    raise ValueError(f"unknown colour {value!r}; use a name ({', '.join(COLORS)}) or #rrggbb")
 
 
 @dataclass(frozen=True)
@@ -167,6 +203,76 @@ class ChannelMap:
         if len(self.passes) == 1:
             return [f"feat{i:04d}" for i in range(EMBEDDING_DIM)]
         return [f"{p.name}_feat{i:04d}" for p in self.passes for i in range(EMBEDDING_DIM)]
+
+    def display_colors(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Display colour (a :data:`COLORS` name or ``#rrggbb``) of each of this map's channels.
+
+        The field's convention by role: Cell Painting dyes (:data:`CELLPAINTING_COLORS`), HPA colours
+        (:data:`HPA_COLORS`); for a custom map, the nucleus blue, the protein green, and other channels the
+        colour of the SubCell letter they fill (r red, y yellow, b blue, g green), else the next free colour.
+        ``overrides`` (``[report].channel_colors``) wins for the channels it names. Channels outside the map
+        are never shown.
+        """
+        convention = {**CELLPAINTING_COLORS, **HPA_COLORS}
+        colors: dict[str, str] = {}
+        for ch in self.channels:
+            if ch in convention:
+                colors[ch] = convention[ch]
+        if self.name == "custom":
+            colors = {}
+            colors[self.nucleus_channel] = "blue"
+            if self.protein_channel:
+                colors.setdefault(self.protein_channel, "green")
+            for p in self.passes:
+                for letter, ch in zip(self.model_channels, p.slots):
+                    if ch not in colors and _LETTER_COLORS[letter] not in colors.values():
+                        colors[ch] = _LETTER_COLORS[letter]
+        free = [c for c in ("green", "red", "magenta", "yellow", "cyan", "orange", "grey")
+                if c not in colors.values()]
+        for ch in self.channels:
+            if ch not in colors:
+                colors[ch] = free.pop(0) if free else "white"
+        for ch, color in (overrides or {}).items():
+            match = next((c for c in self.channels if c.lower() == str(ch).lower()), None)
+            if match is None:
+                raise ChannelMapError(f"[report].channel_colors names channel {ch!r}, which is not in the channel "
+                                      f"map; its channels: {', '.join(self.channels)}")
+            parse_color(color)
+            colors[match] = str(color)
+        return {ch: colors[ch] for ch in self.channels}
+
+    def roles(self) -> dict[str, list[str]]:
+        """What each of this map's channels is used for (segmentation, SubCell slots, relocalization).
+
+        Every channel of the map is also featurized by the classical featurizer when that one runs.
+        """
+        out: dict[str, list[str]] = {ch: [] for ch in self.channels}
+        out[self.nucleus_channel].append("nuclei (segmentation)")
+        if self.cytoplasm_channel:
+            out[self.cytoplasm_channel].append("cells (segmentation)")
+        if self.protein_channel:
+            out[self.protein_channel].append("protein of interest (relocalization)")
+        slots: dict[tuple[str, str], list[str]] = {}
+        for p in self.passes:
+            for letter, ch in zip(self.model_channels, p.slots):
+                slots.setdefault((ch, letter), []).append(p.name)
+        for (ch, letter), names in slots.items():
+            label = f"SubCell {self.model_channels} '{letter}' ({SLOT_NAMES[letter]})"
+            if len(self.passes) > 1:
+                label += f" in pass{'es' if len(names) > 1 else ''} {', '.join(names)}"
+            out[ch].append(label)
+        return out
+
+    def acquired(self, available: Sequence[str]) -> list[str]:
+        """The names in ``available`` (a site's channels) this map uses, in acquisition order.
+
+        Raises
+        ------
+        ChannelMapError
+            If a channel the map needs is not acquired.
+        """
+        used = set(self.resolve(available).values())
+        return [name for i, name in enumerate(available) if i in used]
 
     def with_segmentation(self, *, nucleus: str | None = None, cytoplasm: str | None = None) -> ChannelMap:
         """A copy with other segmentation channels (validated)."""

@@ -58,13 +58,25 @@ class ImagesSection(_Section):
 
     source: Path
     reader: Literal["auto", "phenix", "imagexpress", "loaddata", "hpa", "ometiff"] = "auto"
-    pixel_size_um: float | None = Field(default=None, gt=0, description="Overrides file metadata.")
+    pixel_size_um: float | None = Field(default=None, gt=0, description=(
+        "µm per pixel of the images; overrides file metadata. Must lie in 0.05-5 (plausible for cell "
+        "microscopy)."))
     channel_names: dict[str, str] = Field(
         default_factory=dict,
         description="Instrument channel id -> channel name, e.g. Phenix {'1' = 'DNA', '2' = 'ER'}.")
     illumination_correction: bool | None = Field(
         default=None, description="Default: on for Cell Painting, off otherwise.")
     plates: list[str] | None = Field(default=None, description="Restrict the run to these plates.")
+
+    @field_validator("pixel_size_um")
+    @classmethod
+    def _plausible_pixel_size(cls, v: float | None) -> float | None:
+        from .io import PLAUSIBLE_PIXEL_SIZE_UM, is_plausible_pixel_size
+
+        if v is not None and not is_plausible_pixel_size(v):
+            lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
+            raise ValueError(f"{v} µm/px is outside the plausible {lo:g}-{hi:g} µm/px for cell microscopy")
+        return v
 
 
 class PlatesSection(_Section):
@@ -176,6 +188,19 @@ class ReportSection(_Section):
     out: Path = Path("reports")
     sample_sites: int = Field(default=4, ge=0)
     gallery_cells: int = Field(default=8, ge=0)
+    channel_colors: dict[str, str] = Field(default_factory=dict, description=(
+        "Channel -> display colour (a name such as blue, green, red, yellow, magenta, cyan, or #rrggbb) for "
+        "overlays and galleries; default: the field's convention (Cell Painting: DNA blue, ER green, RNA "
+        "yellow, AGP red, Mito magenta; HPA: microtubules red, ER yellow, nucleus blue, protein green)."))
+
+    @field_validator("channel_colors")
+    @classmethod
+    def _colors(cls, v: dict[str, str]) -> dict[str, str]:
+        from .channels import parse_color
+
+        for color in v.values():
+            parse_color(color)
+        return v
 
 
 class RaySection(_Section):
@@ -300,11 +325,15 @@ def config_from_dict(data: dict[str, Any], *, base_dir: str | Path | None = None
         data = _resolve_paths(data, Path(base_dir))
     try:
         cfg = RunConfig.model_validate(data)
-        cfg.channel_map()
+        cmap = cfg.channel_map()
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
     except ValueError as exc:  # channel map problems
         raise ConfigError(f"{source}: [channels]: {exc}") from None
+    try:
+        cmap.display_colors(cfg.report.channel_colors)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     return cfg
 
 

@@ -168,12 +168,18 @@ def _read_text_table(path: Path, *, separator: str) -> pl.DataFrame:
             comment_prefix=None,
             truncate_ragged_lines=False,
         )
+    except pl.exceptions.NoDataError:
+        raise LayoutError("the file is empty (expected a header line with the column names, then one row per "
+                          "well or plate)", path=path) from None
     except pl.exceptions.ComputeError as exc:  # ragged lines, bad quoting
         raise LayoutError(f"cannot parse as a {'tab' if separator == chr(9) else 'comma'}-separated table: {exc}",
                           path=path) from exc
     except UnicodeDecodeError as exc:
         raise LayoutError(f"not UTF-8 text: {exc}", path=path) from exc
     df = df.rename({c: c.strip() for c in df.columns})
+    if not any(df.columns):
+        raise LayoutError("the file is empty (expected a header line with the column names, then one row per "
+                          "well or plate)", path=path)
     # strip whitespace; blank-after-strip becomes null
     return df.with_columns(
         pl.col(c).str.strip_chars().replace("", None) for c in df.columns

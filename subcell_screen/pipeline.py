@@ -310,6 +310,10 @@ def run(
                                  parameters={"stages": list(stages), "force": force, "engine": engine},
                                  summary=planned)
         status, error = "ok", None
+
+        def summary() -> dict[str, Any]:
+            return {**planned, "stages": [s.__dict__ for s in results]}
+
         try:
             design = _load_design(store, config)
             if "segment" in stages or "embed" in stages:
@@ -322,11 +326,16 @@ def run(
                 else:
                     results.extend(_run_sites(store, config, plan, design, stages=stages, force=force,
                                               progress=progress, run_id=run_id))
+                store.update_run_summary(run_id, summary())
             if "profile" in stages:
                 results.append(_run_profile(store, config, plan))
+                store.update_run_summary(run_id, summary())
             if "score" in stages:
                 results.append(_run_score(store, config, plan))
+                store.update_run_summary(run_id, summary())
             if "report" in stages:
+                # the reports show this run as finished: everything they report on is done
+                store.finish_run(run_id, status="ok", summary=summary())
                 res, reports = _run_report(store, config)
                 results.append(res)
         except BaseException as exc:
@@ -334,8 +343,7 @@ def run(
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            summary = {**planned, "stages": [s.__dict__ for s in results]}
-            store.finish_run(run_id, status=status, summary=summary, error=error)
+            store.finish_run(run_id, status=status, summary=summary(), error=error)
     return RunResult(run_id=run_id, store_path=Path(config.screen.path), plan=plan, stages=tuple(results),
                      reports=reports)
 
@@ -381,6 +389,84 @@ def site_index(config: RunConfig, design: Any) -> Any:
         raise PipelineError(f"{config.images.source}: well(s) {stray[:5]}{' ...' if len(stray) > 5 else ''} have "
                             "images but are not in their plate's layout")
     return index
+
+
+def mapped_channels(index: Any, channel_map: Any) -> Any:
+    """The index with each site's channels cut to those of the channel map (in acquisition order).
+
+    Channels outside the map (brightfield, extra stains) are never loaded, corrected, featurized or shown.
+
+    Raises
+    ------
+    PipelineError
+        When a plate lacks a channel the map needs (e.g. the wrong ``[channels].preset``), naming the plate,
+        the missing channel and the channels found.
+    """
+    from .channels import ChannelMapError
+
+    records, bad = [], {}
+    for r in index:
+        try:
+            used = channel_map.acquired(list(r.channels))
+        except ChannelMapError as exc:
+            bad.setdefault(r.plate, str(exc))
+            continue
+        records.append(replace(r, channels={c: r.channels[c] for c in used}))
+    if bad:
+        lines = "\n".join(f"  plate {p}: {msg}" for p, msg in sorted(bad.items()))
+        raise PipelineError(f"the images do not have the channels of the channel map:\n{lines}\nCheck "
+                            "[channels].preset and [images].channel_names in the run config.")
+    return replace(index, records=tuple(records))
+
+
+def channel_rows(channel_map: Any, acquired: Sequence[str], *, featurizer: str,
+                 colors: dict[str, str] | None = None) -> pl.DataFrame:
+    """The ``channels`` table of a run: every acquired channel, whether it is used, its colour and roles."""
+    shown = channel_map.display_colors(colors)
+    roles = channel_map.roles()
+    resolved = channel_map.resolve(list(acquired)) if acquired else {}
+    name_of = {acquired[i]: ch for ch, i in resolved.items()}
+    rows = []
+    for pos, name in enumerate(acquired):
+        ch = name_of.get(name)
+        if ch is None:
+            rows.append({"channel": name, "position": pos, "used": False, "color": None,
+                         "roles": ["not in the channel map: not loaded, featurized or shown"]})
+            continue
+        r = list(roles[ch]) + (["classical features"] if featurizer == "classical" else [])
+        rows.append({"channel": name, "position": pos, "used": True, "color": shown[ch], "roles": r})
+    return pl.DataFrame(rows, schema={"channel": pl.String, "position": pl.Int32, "used": pl.Boolean,
+                                      "color": pl.String, "roles": pl.List(pl.String)})
+
+
+def require_pixel_sizes(index: Any) -> None:
+    """Refuse to segment or crop plates without a credible pixel size (every size-dependent step needs one).
+
+    Raises
+    ------
+    PipelineError
+        Naming each plate, where its pixel size was looked for (or the implausible value found and in which
+        file), and the config key to set.
+    """
+    unset: dict[str, str] = {}
+    for r in index:
+        if r.pixel_size_um is None:
+            unset.setdefault(r.plate, r.pixel_size_source or "no pixel size in the metadata")
+    if unset:
+        lines = "\n".join(f"  plate {plate}: {why}" for plate, why in sorted(unset.items()))
+        raise PipelineError(f"no credible pixel size for {len(unset)} plate(s); segmentation and crops need one:\n"
+                            f"{lines}\nSet [images].pixel_size_um in the run config (µm per pixel of the images, "
+                            "e.g. 0.598 for JUMP's 20x water objective with 2x2 binning on an Opera Phenix).")
+
+
+def pixel_size_lines(index: Any) -> list[str]:
+    """One line per plate: the pixel size used and where it came from."""
+    seen: dict[str, str] = {}
+    for r in index:
+        if r.plate not in seen:
+            value = "not set" if r.pixel_size_um is None else f"{r.pixel_size_um:.4g} µm/px"
+            seen[r.plate] = f"plate {r.plate}: pixel size {value} ({r.pixel_size_source or 'source unknown'})"
+    return [seen[p] for p in sorted(seen)]
 
 
 def _site_qc_rows(site: Any) -> pl.DataFrame:
@@ -494,7 +580,12 @@ def _select_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, 
     from .io import check_sites
 
     do_seg, do_emb = "segment" in stages, "embed" in stages
-    index = site_index(config, design)
+    acquired_index = site_index(config, design)
+    acquired = list(dict.fromkeys(c for r in acquired_index for c in r.channels))
+    index = mapped_channels(acquired_index, config.channel_map())
+    require_pixel_sizes(index)
+    store.write_table("channels", channel_rows(config.channel_map(), acquired, featurizer=plan.featurizer,
+                                               colors=config.report.channel_colors))
     report = check_sites(index, store=store, raise_on_unreadable_plate=False, progress=progress)
     load_failed = {tuple(key) for key, _msg in report.failures}
     embed_stage = f"embed:{plan.feature_set}"
@@ -816,7 +907,7 @@ def _site_stage_results(store: Any, selection: _SiteSelection, tally: _SiteTally
         if dead:
             raise PipelineError(f"no site of plate(s) {dead} could be segmented; see the failed sites in the "
                                 "store (SELECT * FROM sites WHERE status = 'failed')")
-    load_msgs = [f"load: {msg}" for _key, msg in sel.report.failures]
+    load_msgs = pixel_size_lines(sel.index) + [f"load: {msg}" for _key, msg in sel.report.failures]
     seg, emb = tally.seg, tally.emb
     out = []
     if sel.do_seg:
@@ -965,7 +1056,7 @@ def _no_progress(progress: bool | None) -> bool | None:
 
 
 def _run_profile(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
-    from .profiles import NEGCON, feature_select, normalize, well_profiles_from_store
+    from .profiles import build_profile_sets, well_profiles_from_store
 
     t0 = time.perf_counter()
     prof = config.profiles
@@ -973,37 +1064,12 @@ def _run_profile(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
     wide = well_profiles_from_store(store, feature_set=fs, cell_to_site=prof.cell_to_site,
                                     site_to_well=prof.site_to_well)
     wide = _attach_counts(store, wide)
-    if prof.min_cells_per_well > 1:
-        wide = wide.filter(pl.col("Metadata_Count_Cells") >= prof.min_cells_per_well)
-    features = [c for c in wide.columns if not c.startswith("Metadata_")]
-    messages = []
-    normalized = wide
-    if prof.normalize != "none":
-        controls = NEGCON if prof.controls == "negcon" else None
-        kwargs: dict[str, Any] = {}
-        if prof.normalize == "mad_robustize":
-            kwargs.update(epsilon=prof.epsilon, mad_scale=prof.mad_scale)
-        if prof.normalize == "spherize":
-            kwargs.update(spherize_method=prof.spherize_method, spherize_epsilon=prof.spherize_epsilon)
-        normalized = normalize(wide, method=prof.normalize, controls=controls, features=features, **kwargs)
-    if prof.feature_select:
-        feats = [c for c in normalized.columns if not c.startswith("Metadata_")]
-        normalized = feature_select(normalized, operation=list(prof.feature_select), features=feats)
-        messages.append(f"feature selection kept {len([c for c in normalized.columns if not c.startswith('Metadata_')])}"
-                        f" of {len(feats)} features")
-    if prof.batch_correction == "harmony":
-        from .profiles import correct_batch
-
-        batch_col = "Metadata_Batch" if "Metadata_Batch" in normalized.columns else "Metadata_Plate"
-        if normalized[batch_col].n_unique() > 1:
-            normalized = correct_batch(normalized, by=batch_col, method="harmony")
-        else:
-            messages.append(f"batch correction skipped: one value of {batch_col}")
-    for profile_set, frame in (("raw", wide), ("normalized", normalized)):
-        _store_profiles(store, frame, profile_set=profile_set, feature_set=fs)
-    _create_views(store)
-    return StageResult("profile", ok=normalized.height, seconds=time.perf_counter() - t0,
-                       messages=tuple(messages))
+    sets = build_profile_sets(wide, section=prof)
+    store.clear_profiles()
+    for name, frame in sets.sets().items():
+        store.write_profiles(frame, profile_set=name, feature_set=fs, final=name == sets.final_name)
+    return StageResult("profile", ok=sets.final.height, seconds=time.perf_counter() - t0,
+                       messages=sets.messages)
 
 
 def _feature_set_in_store(store: Any, plan: RunPlan) -> str:
@@ -1027,41 +1093,9 @@ def _attach_counts(store: Any, wide: pl.DataFrame) -> pl.DataFrame:
     return out.select(meta + [c for c in out.columns if c not in meta])
 
 
-def _store_profiles(store: Any, frame: pl.DataFrame, *, profile_set: str, feature_set: str) -> None:
-    feats = [c for c in frame.columns if not c.startswith("Metadata_")]
-    x = frame.select(feats).to_numpy().astype(np.float32) if feats else np.zeros((frame.height, 0), np.float32)
-    n_cells = frame["Metadata_Count_Cells"] if "Metadata_Count_Cells" in frame.columns else \
-        pl.Series([None] * frame.height, dtype=pl.Int64)
-    rows = pl.DataFrame({
-        "profile_set": [profile_set] * frame.height, "feature_set": [feature_set] * frame.height,
-        "plate": frame["Metadata_Plate"], "well": frame["Metadata_Well"],
-        "n_cells": n_cells.cast(pl.Int32), "features": pl.Series(list(x), dtype=pl.List(pl.Float32)),
-    })
-    names = pl.DataFrame({"profile_set": [profile_set] * len(feats), "position": list(range(len(feats))),
-                          "name": feats}, schema_overrides={"position": pl.Int32, "name": pl.String})
-    store.replace_rows("profiles", rows, keys={"profile_set": profile_set})
-    store.replace_rows("profile_features", names, keys={"profile_set": profile_set})
-
-
-def _create_views(store: Any) -> None:
-    store.create_view("well_profiles",
-                      "SELECT p.feature_set, p.n_cells, w.*, p.features FROM profiles p JOIN wells w "
-                      "USING (plate, well) WHERE p.profile_set = 'normalized'")
-
-
-def read_profiles(store: Any, *, profile_set: str = "normalized") -> pl.DataFrame:
-    """Well profiles from the store in pycytominer's wide layout (``Metadata_`` columns + features)."""
-    names = store.sql("SELECT name FROM profile_features WHERE profile_set = ? ORDER BY position",
-                      [profile_set])["name"].to_list()
-    prof = store.sql("SELECT plate, well, n_cells, features FROM profiles WHERE profile_set = ? "
-                     "ORDER BY plate, well", [profile_set])
-    if prof.height == 0:
-        raise PipelineError(f"no {profile_set!r} profiles in the store; run the profile stage first")
-    meta = store.wells(metadata=True).rename({"Metadata_Plate": "plate", "Metadata_Well": "well"})
-    meta = prof.select("plate", "well", "n_cells").join(meta, on=["plate", "well"], how="left").rename(
-        {"plate": "Metadata_Plate", "well": "Metadata_Well", "n_cells": "Metadata_Count_Cells"})
-    x = np.asarray(prof["features"].to_list(), dtype=np.float64).reshape(prof.height, len(names))
-    return pl.concat([meta, pl.DataFrame(x, schema=names, orient="row")], how="horizontal")
+def read_profiles(store: Any, *, profile_set: str | None = None) -> pl.DataFrame:
+    """Profiles in pycytominer's wide layout; see :meth:`subcell_screen.store.ScreenStore.read_profiles`."""
+    return store.read_profiles(profile_set=profile_set)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1069,32 +1103,35 @@ def read_profiles(store: Any, *, profile_set: str = "normalized") -> pl.DataFram
 
 
 def _run_score(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
-    from .score import dose_response, hit_table
+    from .score import dose_response, hit_table, scoring_design
 
     t0 = time.perf_counter()
     sc = config.scoring
-    wide = read_profiles(store)
-    meta_cols = [c for c in wide.columns if c.startswith("Metadata_")]
-    feats = [c for c in wide.columns if c not in meta_cols]
-    # empty wells carry no perturbation; keep negcon + treatments + poscons
-    wide = wide.filter(pl.col("Metadata_control_type").is_null() | (pl.col("Metadata_control_type") != "empty"))
-    x = wide.select(feats).to_numpy()
-    ok_rows = np.isfinite(x).all(axis=1)
-    messages = []
-    if not ok_rows.all():
-        bad = wide.filter(~pl.Series(ok_rows)).select("Metadata_Plate", "Metadata_Well").rows()
-        messages.append(f"{len(bad)} well(s) with non-finite profiles left out of scoring, e.g. {bad[:3]}")
-        wide, x = wide.filter(pl.Series(ok_rows)), x[ok_rows]
-    meta = wide.select(meta_cols)
-    n_negcon = meta.filter(pl.col("Metadata_control_type") == "negcon").height
-    replicated = meta.filter(pl.col("Metadata_control_type").is_null()).group_by("Metadata_perturbation_id").len()
-    if n_negcon < 2 or replicated.filter(pl.col("len") >= 2).height == 0:
-        # activity mAP ranks a perturbation's replicate wells against negcon wells: nothing to rank here
-        msg = (f"scoring skipped: phenotypic activity needs >= 2 negcon wells and a perturbation in >= 2 wells "
-               f"(found {n_negcon} negcon wells, at most {int(replicated['len'].max() or 0)} well(s) per "
-               "perturbation)")
+    for table in ("perturbation_scores", "scoring_coverage", "dose_response", "dose_points",
+                  "relocalization_results", "relocalization_class_shifts"):
+        if store.has_table(table):  # scores are recomputed as a whole: never leave a stale table behind
+            store.sql(f'DELETE FROM "{table}"')
+    final = store.sql("SELECT profile_set FROM profile_sets WHERE final")["profile_set"].to_list()
+    if config.profiles.normalize != "none" and final == ["raw"]:
+        msg = ("scoring skipped: no normalized profiles (no plate could be normalized against its controls; see "
+               "the profile stage's messages); raw profiles are not comparable across features")
         logger.warning(msg)
         return StageResult("score", seconds=time.perf_counter() - t0, messages=(msg,))
+    design = scoring_design(read_profiles(store))
+    store.write_table("scoring_coverage", design.coverage)
+    messages = list(design.messages)
+    n_scored = int(design.coverage["scored"].sum())
+    n_other = design.coverage.filter(~pl.col("scored") & ~pl.col("reason").str.starts_with("negative control"))
+    if n_other.height:
+        messages.append(f"{n_other.height} perturbation(s) not scored, e.g. "
+                        + "; ".join(f"{r['perturbation_id']}: {r['reason']}" for r in n_other.head(3).iter_rows(named=True)))
+    if not design.can_score:
+        for m in messages:
+            logger.warning(m)
+        return StageResult("score", seconds=time.perf_counter() - t0, messages=tuple(messages))
+    messages.append(f"{n_scored} perturbation(s) scored against {design.n_negcon} negative-control wells")
+    meta, x = design.meta, design.x
+    wide = pl.concat([meta, pl.DataFrame(x, schema=list(design.features), orient="row")], how="horizontal")
     # one activity/hit row per perturbation across doses: identity = id (+ concentration for dose series)
     hits = hit_table(meta, x, q_threshold=sc.threshold, min_effect_size=sc.min_effect_size,
                      null_size=sc.null_size, seed=sc.seed)

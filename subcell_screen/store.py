@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS wells (
     target VARCHAR, moa VARCHAR, inchikey VARCHAR, protein VARCHAR, extra JSON);
 CREATE TABLE IF NOT EXISTS sites (
     plate VARCHAR, well VARCHAR, site INTEGER, reader VARCHAR, channels JSON, pixel_size_um DOUBLE,
-    height INTEGER, width INTEGER, dtype VARCHAR, status VARCHAR, error VARCHAR, updated_at TIMESTAMP);
+    pixel_size_source VARCHAR, height INTEGER, width INTEGER, dtype VARCHAR, status VARCHAR, error VARCHAR, updated_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS site_stages (
     plate VARCHAR, well VARCHAR, site INTEGER, stage VARCHAR, status VARCHAR, error VARCHAR,
     n_cells INTEGER, run_id VARCHAR, seconds DOUBLE, updated_at TIMESTAMP);
@@ -74,6 +74,17 @@ CREATE TABLE IF NOT EXISTS illumination (
 CREATE TABLE IF NOT EXISTS masks (
     plate VARCHAR, well VARCHAR, site INTEGER, height INTEGER, width INTEGER, method VARCHAR,
     nuclei BLOB, cells BLOB);
+CREATE TABLE IF NOT EXISTS channels (
+    channel VARCHAR, position INTEGER, used BOOLEAN, color VARCHAR, roles VARCHAR[]);
+CREATE TABLE IF NOT EXISTS profiles (
+    profile_set VARCHAR, feature_set VARCHAR, plate VARCHAR, well VARCHAR, perturbation_id VARCHAR,
+    concentration DOUBLE, n_wells INTEGER, n_cells INTEGER, features FLOAT[]);
+CREATE TABLE IF NOT EXISTS profile_features (profile_set VARCHAR, position INTEGER, name VARCHAR);
+CREATE TABLE IF NOT EXISTS profile_sets (
+    profile_set VARCHAR, feature_set VARCHAR, level VARCHAR, n_rows INTEGER, n_features INTEGER, final BOOLEAN);
+CREATE TABLE IF NOT EXISTS scoring_coverage (
+    perturbation_id VARCHAR, perturbation_name VARCHAR, control_type VARCHAR, n_wells BIGINT, n_plates BIGINT,
+    scored BOOLEAN, reason VARCHAR);
 CREATE TABLE IF NOT EXISTS feature_sets (
     feature_set VARCHAR, kind VARCHAR, n_features INTEGER, feature_names JSON, model VARCHAR,
     model_sha256 JSON, parameters JSON, created_at TIMESTAMP);
@@ -360,6 +371,11 @@ class ScreenStore:
             params.append(json.dumps(models, default=str))
         self.con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*params, run_id])
 
+    def update_run_summary(self, run_id: str, summary: Mapping[str, Any]) -> None:
+        """Replace a running run's summary (stage by stage, so that reports built during the run see it)."""
+        self._require_writable()
+        self.con.execute("UPDATE runs SET summary = ? WHERE run_id = ?", [json.dumps(summary, default=str), run_id])
+
     # -- plates and wells ----------------------------------------------------------------------------------
 
     def write_design(self, design: Any) -> None:
@@ -425,8 +441,8 @@ class ScreenStore:
         """
         self._require_writable()
         cols = [c for c in sites.columns if c in
-                ("plate", "well", "site", "reader", "channels", "pixel_size_um", "height", "width", "dtype",
-                 "status", "error")]
+                ("plate", "well", "site", "reader", "channels", "pixel_size_um", "pixel_size_source", "height",
+                 "width", "dtype", "status", "error")]
         df = sites.select(cols)
         if "channels" in df.columns and df.schema["channels"] != pl.String:
             df = df.with_columns(pl.col("channels").map_elements(
@@ -574,6 +590,120 @@ class ScreenStore:
         if columns is not None:
             lf = lf.select(list(columns))
         return lf.collect()
+
+    # -- profiles --------------------------------------------------------------------------------------------
+
+    def clear_profiles(self) -> None:
+        """Remove every profile set (the profile stage rewrites them as a whole)."""
+        self._require_writable()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in ("profiles", "profile_features", "profile_sets"):
+                self.con.execute(f"DELETE FROM {table}")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def write_profiles(self, frame: pl.DataFrame, *, profile_set: str, feature_set: str,
+                       final: bool = False) -> None:
+        """Store one profile set (wide: ``Metadata_*`` columns + features), replacing a set of that name.
+
+        Sets of any width live side by side (``raw``, ``normalized``, ``feature_selected``, ``consensus``): the
+        feature vector is a variable-length list and its names are in ``profile_features``.
+
+        Parameters
+        ----------
+        frame
+            One row per well (``Metadata_Plate``, ``Metadata_Well``, optionally ``Metadata_Count_Cells``) or,
+            for ``consensus``, per perturbation (``Metadata_perturbation_id``, ``Metadata_concentration``,
+            ``Metadata_n_wells``); every non-``Metadata_`` column is a feature.
+        profile_set, feature_set
+            Set name and the per-cell feature set it was computed from.
+        final
+            Whether this is the well-level set scoring uses (the ``well_profiles`` view shows it).
+        """
+        self._require_writable()
+        feats = [c for c in frame.columns if not c.startswith("Metadata_")]
+        x = frame.select(feats).to_numpy().astype(np.float32) if feats else np.zeros((frame.height, 0), np.float32)
+
+        def col(name: str, dtype: Any) -> pl.Series:
+            return frame[name].cast(dtype) if name in frame.columns else pl.Series([None] * frame.height,
+                                                                                   dtype=dtype)
+
+        consensus = "Metadata_Well" not in frame.columns
+        rows = pl.DataFrame({
+            "profile_set": [profile_set] * frame.height, "feature_set": [feature_set] * frame.height,
+            "plate": col("Metadata_Plate", pl.String), "well": col("Metadata_Well", pl.String),
+            "perturbation_id": col("Metadata_perturbation_id", pl.String),
+            "concentration": col("Metadata_concentration", pl.Float64),
+            "n_wells": col("Metadata_n_wells", pl.Int32) if consensus else pl.Series([1] * frame.height,
+                                                                                     dtype=pl.Int32),
+            "n_cells": col("Metadata_Count_Cells", pl.Int32),
+            "features": pl.Series(list(x), dtype=pl.List(pl.Float32)),
+        })
+        names = pl.DataFrame({"profile_set": [profile_set] * len(feats), "position": list(range(len(feats))),
+                              "name": feats}, schema_overrides={"position": pl.Int32, "name": pl.String})
+        record = pl.DataFrame({"profile_set": [profile_set], "feature_set": [feature_set],
+                               "level": ["consensus" if consensus else "well"], "n_rows": [frame.height],
+                               "n_features": [len(feats)], "final": [final]},
+                              schema_overrides={"n_rows": pl.Int32, "n_features": pl.Int32})
+        key = {"profile_set": profile_set}
+        self.replace_rows("profiles", rows, keys=key)
+        self.replace_rows("profile_features", names, keys=key)
+        self.replace_rows("profile_sets", record, keys=key)
+        if final:
+            self.con.execute("UPDATE profile_sets SET final = (profile_set = ?)", [profile_set])
+            self.create_view("well_profiles",
+                             "SELECT p.feature_set, p.n_cells, w.*, p.features FROM profiles p JOIN wells w "
+                             f"USING (plate, well) WHERE p.profile_set = '{profile_set.replace(chr(39), '')}'")
+
+    def read_profiles(self, *, profile_set: str | None = None) -> pl.DataFrame:
+        """A profile set in pycytominer's wide layout (``Metadata_*`` columns, then the named features).
+
+        Parameters
+        ----------
+        profile_set
+            ``raw``, ``normalized``, ``feature_selected`` or ``consensus``; default the well-level set scoring
+            uses (the last one the profile stage computed).
+
+        Returns
+        -------
+        polars.DataFrame
+            Well sets: the wells' layout metadata (``Metadata_Plate``, ``Metadata_Well``,
+            ``Metadata_perturbation_id``, ...) and ``Metadata_Count_Cells``; ``consensus``: the perturbation's
+            id, concentration, ``Metadata_n_wells`` and identity (name, control type, MoA, target).
+        """
+        if profile_set is None:
+            final = self.sql("SELECT profile_set FROM profile_sets WHERE final")
+            if final.height == 0:
+                raise StoreError(f"{self.path}: no well profiles in the store; run the profile stage first")
+            profile_set = final["profile_set"][0]
+        names = self.sql("SELECT name FROM profile_features WHERE profile_set = ? ORDER BY position",
+                         [profile_set])["name"].to_list()
+        prof = self.sql("SELECT plate, well, perturbation_id, concentration, n_wells, n_cells, features FROM "
+                        "profiles WHERE profile_set = ? ORDER BY plate, well, perturbation_id, concentration",
+                        [profile_set])
+        if prof.height == 0:
+            known = self.sql("SELECT profile_set FROM profile_sets ORDER BY ALL")["profile_set"].to_list()
+            raise StoreError(f"{self.path}: no {profile_set!r} profiles in the store (it has {known or 'none'}); "
+                             "run the profile stage first")
+        x = np.asarray(prof["features"].to_list(), dtype=np.float64).reshape(prof.height, len(names))
+        feats = pl.DataFrame(x, schema=names, orient="row")
+        if prof["well"].null_count() == prof.height:  # consensus
+            meta = prof.select(pl.col("perturbation_id").alias("Metadata_perturbation_id"),
+                               pl.col("concentration").alias("Metadata_concentration"),
+                               pl.col("n_wells").cast(pl.Int64).alias("Metadata_n_wells"))
+            ident = self.sql("SELECT perturbation_id AS Metadata_perturbation_id, any_value(perturbation_name) "
+                             "AS Metadata_perturbation_name, any_value(control_type) AS Metadata_control_type, "
+                             "any_value(moa) AS Metadata_moa, any_value(target) AS Metadata_target FROM wells "
+                             "GROUP BY ALL")
+            meta = meta.join(ident, on="Metadata_perturbation_id", how="left")
+            return pl.concat([meta, feats], how="horizontal")
+        meta = self.wells(metadata=True).rename({"Metadata_Plate": "plate", "Metadata_Well": "well"})
+        meta = prof.select("plate", "well", "n_cells").join(meta, on=["plate", "well"], how="left").rename(
+            {"plate": "Metadata_Plate", "well": "Metadata_Well", "n_cells": "Metadata_Count_Cells"})
+        return pl.concat([meta, feats], how="horizontal")
 
     # -- helpers -------------------------------------------------------------------------------------------
 

@@ -194,6 +194,19 @@ def test_missing_file():
         read_layout("/nonexistent/layout.csv")
 
 
+@pytest.mark.parametrize("text", ["", "\n", "   \n"])
+def test_empty_layout_or_plates_table_names_the_file(tmp_path, text):
+    # an empty file gave polars' raw "NoDataError: empty CSV" traceback
+    from subcell_screen.layouts import read_layout, read_plates_table
+
+    path = tmp_path / "layout.csv"
+    path.write_text(text)
+    with pytest.raises(LayoutError, match=r"layout\.csv: (the file is empty|the layout has no wells)"):
+        read_layout(path)
+    with pytest.raises(LayoutError, match=r"layout\.csv: (the file is empty|the plates table has no plates)"):
+        read_plates_table(path)
+
+
 def test_jump_sample_missing_from_metadata(tmp_path):
     (tmp_path / "x_platemap.tsv").write_text("well_position\tbroad_sample\tsolvent\nA01\t\tDMSO\nA02\tBRD-NOPE\tDMSO\n")
     (tmp_path / "x_metadata.tsv").write_text("broad_sample\tpert_iname\tcontrol_type\nNA\tDMSO\tnegcon\n")

@@ -214,6 +214,12 @@ def _build_screen(root: Path) -> dict:
             for stage, secs in (("load", 0.01), ("segment", 0.2), ("embed", 0.5)):
                 stage_rows.append({"plate": plate, "well": well, "site": site, "stage": stage, "status": "ok",
                                    "error": None, "n_cells": k, "run_id": run_id, "seconds": secs})
+        from subcell_screen.channels import preset
+
+        store.write_table("channels", pl.DataFrame({
+            "channel": list(CHANNELS), "position": list(range(len(CHANNELS))), "used": [True] * len(CHANNELS),
+            "color": [preset("hpa").display_colors()[c] for c in CHANNELS],
+            "roles": [preset("hpa").roles()[c] for c in CHANNELS]}, schema_overrides={"position": pl.Int32}))
         store.register_sites(pl.DataFrame(site_rows).with_columns(
             pl.lit("fixture").alias("reader"), pl.lit(PIXEL_UM).alias("pixel_size_um"),
             pl.lit(SIZE).alias("height"), pl.lit(SIZE).alias("width"), pl.lit("uint16").alias("dtype")))
@@ -284,6 +290,16 @@ def _build_screen(root: Path) -> dict:
                              descending=[False, True, False]).with_row_index("rank", offset=1)
         scores = scores.with_columns(pl.col("rank").cast(pl.Int32))
         store.write_table("score_results", scores)
+        # what the score stage records beside the scores: every perturbation, scored or not and why
+        negcon_wells = int(neg_mask.sum())
+        store.write_table("scoring_coverage", pl.concat([
+            scores.select("perturbation_id", "perturbation_name", "control_type", "n_wells").with_columns(
+                pl.lit(1, dtype=pl.Int64).alias("n_plates"), pl.lit(True).alias("scored"),
+                pl.lit(None, dtype=pl.String).alias("reason")),
+            pl.DataFrame({"perturbation_id": ["DMSO"], "perturbation_name": ["DMSO"], "control_type": ["negcon"],
+                          "n_wells": [negcon_wells], "n_plates": [len(plates)], "scored": [False],
+                          "reason": ["negative control: the reference the others are ranked against"]})],
+            how="vertical_relaxed"))
         store.create_view("scores", "SELECT perturbation_id, perturbation_name, control_type, n_wells, "
                           "mean_average_precision, p_value, corrected_p_value, effect_size, effect_ci_low, "
                           "effect_ci_high, cell_count_fraction, cytotoxic, is_hit, rank FROM score_results")

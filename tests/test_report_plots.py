@@ -150,7 +150,11 @@ def test_composite_colors_and_crops():
     assert hpa == {"microtubules": (1.0, 0.0, 0.0), "er": (1.0, 1.0, 0.0), "nucleus": (0.0, 0.35, 1.0),
                    "protein": (0.0, 1.0, 0.0)}
     cp = default_colors(["DNA", "ER", "RNA", "AGP", "Mito"])
-    assert cp["DNA"] == (0.0, 0.35, 1.0) and len(cp) == 4 and len(set(cp.values())) == 4
+    # every Cell Painting dye is shown in its conventional colour (Mito and RNA were dropped before)
+    assert cp["DNA"] == (0.0, 0.35, 1.0) and len(cp) == 5 and len(set(cp.values())) == 5
+    assert (cp["ER"], cp["RNA"], cp["AGP"], cp["Mito"]) == ((0.0, 1.0, 0.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0),
+                                                           (1.0, 0.0, 1.0))
+    assert "Brightfield" not in default_colors(["Brightfield", "DNA", "ER"])
     img = {"nucleus": np.array([[0, 50], [100, 200]], np.uint16)}
     rgb = composite(img, limits={"nucleus": (0.0, 100.0)})
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.float32

@@ -10,6 +10,9 @@ probe_site(record) -> ((C, H, W), dtype)
 iter_sites(records, *, illumination=None, prefetch=None, workers=None) -> iterator of (record, image or error)
 check_sites(index, *, store=None, decode=False) -> SiteCheckReport
 compute_illumination(index, *, plate, ...) -> IlluminationFunctions;  apply_illumination(site, functions)
+is_plausible_pixel_size(value) -> bool
+    Pixel sizes outside :data:`PLAUSIBLE_PIXEL_SIZE_UM` (0.05-5 µm/px) found in metadata are never used; each
+    :class:`SiteRecord` says where its pixel size came from (``pixel_size_source``).
 
 Errors: :class:`ReaderError` (no reader matched), :class:`SiteLoadError` (one site failed),
 :class:`PlateUnreadableError` (no site of a plate could be loaded).
@@ -37,6 +40,9 @@ __all__ = [
     "ReaderError",
     "SiteLoadError",
     "PlateUnreadableError",
+    "PLAUSIBLE_PIXEL_SIZE_UM",
+    "PixelSize",
+    "is_plausible_pixel_size",
 ]
 
 _LAZY = {
@@ -50,6 +56,9 @@ _LAZY = {
     "compute_illumination": ".illumination",
     "apply_illumination": ".illumination",
     "IlluminationFunctions": ".illumination",
+    "PLAUSIBLE_PIXEL_SIZE_UM": "._metadata",
+    "PixelSize": "._metadata",
+    "is_plausible_pixel_size": "._metadata",
 }
 
 

@@ -595,7 +595,7 @@ def _record_in_store(store, results) -> None:
         shape = None if failed else res[0]
         rows.append({"plate": rec.plate, "well": rec.well, "site": int(rec.site), "reader": rec.reader,
                      "channels": json.dumps(dict(rec.channels)), "pixel_size_um": rec.pixel_size_um,
-                     "height": None if failed else int(shape[1]), "width": None if failed else int(shape[2]),
+                     "pixel_size_source": rec.pixel_size_source, "height": None if failed else int(shape[1]), "width": None if failed else int(shape[2]),
                      "dtype": None if failed else np.dtype(res[1]).name,
                      "error": f"load: {res}" if failed else None, "failed": failed})
         stages.append({"plate": rec.plate, "well": rec.well, "site": int(rec.site), "stage": "load",
@@ -603,7 +603,7 @@ def _record_in_store(store, results) -> None:
     if not rows:
         return
     schema = {"plate": pl.String, "well": pl.String, "site": pl.Int32, "reader": pl.String, "channels": pl.String,
-              "pixel_size_um": pl.Float64, "height": pl.Int32, "width": pl.Int32, "dtype": pl.String,
+              "pixel_size_um": pl.Float64, "pixel_size_source": pl.String, "height": pl.Int32, "width": pl.Int32, "dtype": pl.String,
               "error": pl.String, "failed": pl.Boolean}
     df = pl.DataFrame(rows, schema=schema)
     existing = store.sql("SELECT plate, well, site, status AS old_status, error AS old_error FROM sites")

@@ -11,6 +11,7 @@ plate barcode is ``Plates/Plate/PlateID``. Namespaces are ignored here.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 __all__ = ["HarmonyIndex", "read_harmony_index", "find_harmony_index", "OmeInfo", "read_ome_info",
-           "tiff_pixel_size_um", "length_to_um"]
+           "tiff_pixel_size_um", "length_to_um", "PLAUSIBLE_PIXEL_SIZE_UM", "PixelSize", "is_plausible_pixel_size",
+           "pixel_size_from"]
 
 HARMONY_INDEX_NAMES = ("Index.idx.xml", "Index.xml")
 
@@ -34,6 +36,55 @@ def length_to_um(value: float, unit: str | None, *, default_unit: str = "µm") -
     if factor is None:
         return None
     return float(value) * factor
+
+
+#: Pixel sizes (µm/px) credible for cell microscopy: ~0.05 (100x oil, small camera pixels, or SubCell's
+#: 0.08 HPA confocal) to ~5 (low-magnification whole-well imaging). Instrument TIFF tags often hold the
+#: camera's pixel pitch or a display resolution instead (Phenix exports: 6.45 or 64.5 µm/px); such a value
+#: would make every size-dependent step (segmentation diameters, crop scale) wrong by 10-100x.
+PLAUSIBLE_PIXEL_SIZE_UM: tuple[float, float] = (0.05, 5.0)
+
+
+def is_plausible_pixel_size(value: float | None) -> bool:
+    """Whether ``value`` (µm/px) is finite and inside :data:`PLAUSIBLE_PIXEL_SIZE_UM`."""
+    if value is None:
+        return False
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
+    return math.isfinite(v) and lo <= v <= hi
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """A plate's pixel size and where it came from.
+
+    Attributes
+    ----------
+    value : float or None
+        µm per pixel; None when no metadata gave one, or the value found was not credible.
+    source : str
+        ``config``, ``Index.xml <path>``, ``OME-XML <file>``, ``TIFF tags <file>``; or, when ``value`` is None,
+        why (``no pixel size in the metadata``, or the implausible value and where it was found).
+    """
+
+    value: float | None
+    source: str
+
+
+def pixel_size_from(value: float | None, source: str) -> PixelSize:
+    """Keep a metadata pixel size only if it is plausible; otherwise warn, naming the value and its source."""
+    if value is None:
+        return PixelSize(None, f"no pixel size in {source}" if source else "no pixel size in the metadata")
+    if is_plausible_pixel_size(value):
+        return PixelSize(float(value), source)
+    lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
+    why = (f"{source}: {float(value):.4g} µm/px, outside the plausible {lo:g}-{hi:g} µm/px for cell "
+           "microscopy, not used")
+    logger.warning("%s; set [images].pixel_size_um in the run config", why)
+    return PixelSize(None, why)
 
 
 def _local(tag: str) -> str:

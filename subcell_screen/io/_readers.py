@@ -42,7 +42,16 @@ from pathlib import Path
 from ..layouts import normalize_well, well_row_col
 from ._errors import ReaderError
 from ._load import check_sites, iter_sites, load_site, probe_site
-from ._metadata import find_harmony_index, read_harmony_index, read_ome_info, tiff_pixel_size_um
+from ._metadata import (
+    PLAUSIBLE_PIXEL_SIZE_UM,
+    PixelSize,
+    find_harmony_index,
+    is_plausible_pixel_size,
+    pixel_size_from,
+    read_harmony_index,
+    read_ome_info,
+    tiff_pixel_size_um,
+)
 from ._types import SiteIndex, SiteRecord
 
 logger = logging.getLogger(__name__)
@@ -152,7 +161,7 @@ def _well_sort_key(well: str) -> tuple[int, int]:
         return (10**6, 0)
 
 
-def _assemble(entries: list[_Entry], *, reader: str, pixel_size: Mapping[str, float | None],
+def _assemble(entries: list[_Entry], *, reader: str, pixel_size: Mapping[str, PixelSize],
               missing_path: Callable[[str, str, int, str, str], str], source: Path) -> tuple[list[SiteRecord],
                                                                                           list[str]]:
     """Group file entries into site records; sites missing a channel keep its expected path."""
@@ -182,8 +191,9 @@ def _assemble(entries: list[_Entry], *, reader: str, pixel_size: Mapping[str, fl
             else:
                 full[ch] = missing_path(plate, well, site, ch, next(iter(paths.values())))
                 incomplete[plate] = incomplete.get(plate, 0) + 1
-        records.append(SiteRecord(plate=plate, well=well, site=site, channels=full,
-                                  pixel_size_um=pixel_size.get(plate), reader=reader))
+        px = pixel_size.get(plate) or PixelSize(None, "no pixel size in the metadata")
+        records.append(SiteRecord(plate=plate, well=well, site=site, channels=full, pixel_size_um=px.value,
+                                  reader=reader, pixel_size_source=px.source))
     records.sort(key=lambda r: (r.plate, _well_sort_key(r.well), r.well, r.site))
     notes = [f"plate {p}: {n} channel file(s) missing; those sites will fail to load"
              for p, n in sorted(incomplete.items())]
@@ -215,12 +225,18 @@ def _summary(records: list[SiteRecord], n_files: int) -> str:
             f"channels {', '.join(chans)}")
 
 
-def _plate_pixel_sizes(records_by_plate: Mapping[str, str], explicit: float | None) -> dict[str, float | None]:
-    """Plate -> pixel size: explicit, else the first file's TIFF metadata."""
+def _plate_pixel_sizes(records_by_plate: Mapping[str, str], explicit: float | None) -> dict[str, PixelSize]:
+    """Plate -> pixel size: explicit, else the first file's TIFF metadata (when plausible)."""
     if explicit is not None:
-        return dict.fromkeys(records_by_plate, float(explicit))
-    return {plate: tiff_pixel_size_um(path) if path.lower().endswith((".tif", ".tiff")) else None
-            for plate, path in records_by_plate.items()}
+        return dict.fromkeys(records_by_plate, PixelSize(float(explicit), "config"))
+    return {plate: _tiff_pixel_size(path) for plate, path in records_by_plate.items()}
+
+
+def _tiff_pixel_size(path: str | Path) -> PixelSize:
+    path = str(path)
+    if not path.lower().endswith((".tif", ".tiff")):
+        return PixelSize(None, f"no pixel size in the metadata ({Path(path).name} is not a TIFF)")
+    return pixel_size_from(tiff_pixel_size_um(path), f"TIFF tags of {path}")
 
 
 def _unique_names(names: Mapping[object, str], where: str) -> None:
@@ -255,7 +271,7 @@ def _scan_phenix(tree: _Tree, *, channel_names, pixel_size_um) -> _Result:
     res = _Result()
     folder_of_plate: dict[str, Path] = {}
     entries: list[_Entry] = []
-    pixel: dict[str, float | None] = {}
+    pixel: dict[str, PixelSize] = {}
     for folder, files in sorted(by_folder.items()):
         plate = phenix_plate_name(folder)
         if plate in folder_of_plate:
@@ -288,11 +304,11 @@ def _scan_phenix(tree: _Tree, *, channel_names, pixel_size_um) -> _Result:
             well = normalize_well(f"{_row_letters(row)}{col}")
             entries.append(_Entry(plate, well, int(m["field"]), (ch, plane, sk), name, os.path.abspath(p)))
         if pixel_size_um is not None:
-            pixel[plate] = float(pixel_size_um)
+            pixel[plate] = PixelSize(float(pixel_size_um), "config")
         elif index is not None and index.pixel_size_um is not None:
-            pixel[plate] = index.pixel_size_um
+            pixel[plate] = pixel_size_from(index.pixel_size_um, f"Index.xml {index.path}")
         else:
-            pixel[plate] = tiff_pixel_size_um(files[0][0])
+            pixel[plate] = _tiff_pixel_size(files[0][0])
 
     order_of = {(e.plate, e.channel): e.order for e in entries}
 
@@ -408,7 +424,7 @@ def _scan_ometiff(tree: _Tree, *, channel_names, pixel_size_um) -> _Result:
         return _Result(reason=_no_match(tree, pattern))
     res = _Result()
     entries = []
-    pixel: dict[str, float | None] = {}
+    pixel: dict[str, PixelSize] = {}
     skipped: list[str] = []
     for p in candidates:
         try:
@@ -433,8 +449,9 @@ def _scan_ometiff(tree: _Tree, *, channel_names, pixel_size_um) -> _Result:
         _unique_names(dict(enumerate(names)), str(p))
         for i, n in enumerate(names):
             entries.append(_Entry(plate, well, site, (i,), n, f"{os.path.abspath(p)}#{i}"))
-        px = float(pixel_size_um) if pixel_size_um is not None else info.pixel_size_um
-        pixel.setdefault(plate, px)
+        if plate not in pixel:
+            pixel[plate] = (PixelSize(float(pixel_size_um), "config") if pixel_size_um is not None
+                            else pixel_size_from(info.pixel_size_um, f"OME-XML of {p}"))
     if skipped:
         res.notes.append(f"skipped {len(skipped)} OME-TIFF file(s): {'; '.join(skipped[:3])}")
     if not entries:
@@ -650,6 +667,10 @@ def read_plate(path: str | os.PathLike, *, reader: str | None = None,
     names = _parse_channel_names(channel_names)
     if pixel_size_um is not None and not pixel_size_um > 0:
         raise ReaderError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    if pixel_size_um is not None and not is_plausible_pixel_size(pixel_size_um):
+        lo, hi = PLAUSIBLE_PIXEL_SIZE_UM
+        raise ReaderError(f"pixel_size_um = {pixel_size_um} µm/px is outside the plausible {lo:g}-{hi:g} µm/px "
+                          "for cell microscopy")
     if reader not in (None, "auto") and reader not in _READERS:
         raise ReaderError(f"unknown reader {reader!r}; known: {', '.join(_READERS)} (or 'auto')")
     tree = _scan_tree(src)

@@ -28,9 +28,12 @@ class SiteRecord:
         Channel name -> file path or URI, in acquisition order. A multi-channel file (OME-TIFF) appears
         once per channel with a ``#<index>`` suffix.
     pixel_size_um : float or None
-        Pixel size in µm/px (None if unknown).
+        Pixel size in µm/px (None if unknown or not credible, see :data:`PLAUSIBLE_PIXEL_SIZE_UM`).
     reader : str
         Name of the reader that produced the record.
+    pixel_size_source : str or None
+        Where ``pixel_size_um`` came from (``config``, ``Index.xml <path>``, ``OME-XML <file>``, ``TIFF tags
+        <file>``), or, when it is None, why (no metadata; or the implausible value found and where).
     """
 
     plate: str
@@ -39,13 +42,15 @@ class SiteRecord:
     channels: Mapping[str, str]
     pixel_size_um: float | None
     reader: str
+    pixel_size_source: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", MappingProxyType(dict(self.channels)))
 
     def __reduce__(self) -> tuple:
         # mappingproxy does not pickle; records travel to worker processes
-        return (SiteRecord, (self.plate, self.well, self.site, dict(self.channels), self.pixel_size_um, self.reader))
+        return (SiteRecord, (self.plate, self.well, self.site, dict(self.channels), self.pixel_size_um, self.reader,
+                             self.pixel_size_source))
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -55,7 +60,8 @@ class SiteRecord:
     def to_dict(self) -> dict:
         """JSON-able dict (``subcell-screen sites --json`` prints these)."""
         return {"plate": self.plate, "well": self.well, "site": self.site, "channels": dict(self.channels),
-                "pixel_size_um": self.pixel_size_um, "reader": self.reader}
+                "pixel_size_um": self.pixel_size_um, "pixel_size_source": self.pixel_size_source,
+                "reader": self.reader}
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ class SiteIndex:
         return SiteIndex(records=keep, reader=self.reader, source=self.source, notes=self.notes)
 
     def to_frame(self) -> pl.DataFrame:
-        """One row per site: plate, well, site, channel names, paths, pixel size, reader."""
+        """One row per site: plate, well, site, channel names, paths, pixel size and its source, reader."""
         return pl.DataFrame(
             {
                 "plate": [r.plate for r in self.records],
@@ -140,8 +146,10 @@ class SiteIndex:
                 "channel_names": [list(r.channels) for r in self.records],
                 "paths": [list(r.channels.values()) for r in self.records],
                 "pixel_size_um": [r.pixel_size_um for r in self.records],
+                "pixel_size_source": [r.pixel_size_source for r in self.records],
                 "reader": [r.reader for r in self.records],
             },
             schema={"plate": pl.String, "well": pl.String, "site": pl.Int32, "channel_names": pl.List(pl.String),
-                    "paths": pl.List(pl.String), "pixel_size_um": pl.Float64, "reader": pl.String},
+                    "paths": pl.List(pl.String), "pixel_size_um": pl.Float64, "pixel_size_source": pl.String,
+                    "reader": pl.String},
         )

@@ -44,6 +44,7 @@ from ._frame import NEGCON, infer_features
 from ._normalize import NORMALIZE_METHODS, SPHERIZE_METHODS, SpherizeFit, fit_spherize, normalize
 from ._read import SiteArrays, read_site_arrays
 from ._select import FEATURE_SELECT_OPERATIONS, default_blocklist, feature_select, features_to_exclude
+from ._stage import CONSENSUS_BY, PROFILE_SETS, ProfileSets, build_profile_sets
 
 __all__ = [
     "aggregate",
@@ -70,4 +71,8 @@ __all__ = [
     "SPHERIZE_METHODS",
     "FEATURE_SELECT_OPERATIONS",
     "BATCH_METHODS",
+    "ProfileSets",
+    "build_profile_sets",
+    "PROFILE_SETS",
+    "CONSENSUS_BY",
 ]

@@ -101,7 +101,16 @@ def _plate_formats(store: ScreenStore, page: Page, plate: str | None) -> dict[st
     if summary.height == 0:
         page.not_computed("Plate summary", f"plate {plate!r} is not in the plates table")
         return {}
-    page.table(summary, query="plate_summary")
+    page.table(summary, query="plate_summary",
+               caption="pixel_size_um: µm per pixel used for segmentation and crops; pixel_size_source: where it "
+                       "came from (config, instrument metadata, TIFF tags)")
+    page.heading("Channels")
+    try:
+        page.table(run_query(store, "channels"), query="channels",
+                   caption="acquired channels, the display colour of those the channel map uses, and what each "
+                           "is used for; channels outside the map are not loaded, featurized or shown")
+    except NotComputed as exc:
+        page.not_computed("Channels", exc)
     return {r["plate"]: r["plate_format"] for r in summary.iter_rows(named=True) if r["plate_format"]}
 
 
@@ -156,6 +165,7 @@ def _failed_sites(store: ScreenStore, page: Page, plate: str | None) -> None:
                    caption="sites and cells per pipeline stage, with compute time (s)")
     except NotComputed as exc:
         page.not_computed("Stage summary", exc)
+    _stage_messages(store, page, ("segment", "embed", "profile", "score"))
 
 
 def _center_window(array: np.ndarray, size: int) -> np.ndarray:
@@ -166,9 +176,10 @@ def _center_window(array: np.ndarray, size: int) -> np.ndarray:
 
 def _segmentation(store: ScreenStore, page: Page, plate: str | None, *, n_sites: int, window: int) -> None:
     from . import plots
-    from ._images import composite, read_site_channels
+    from ._images import channel_colors, composite, read_site_channels
 
     page.section("Segmentation")
+    colors = channel_colors(store)
     try:
         sample = run_query(store, "sample_sites", plate=plate, n=n_sites)
     except NotComputed as exc:
@@ -183,8 +194,9 @@ def _segmentation(store: ScreenStore, page: Page, plate: str | None, *, n_sites:
         try:
             nuc, lab = store.read_masks(r["plate"], r["well"], r["site"])
             chans = read_site_channels(r["channels"], plate=r["plate"], well=r["well"], site=r["site"],
-                                       pixel_size_um=r["pixel_size_um"], base=store.path)
-            rgb = composite(chans)
+                                       pixel_size_um=r["pixel_size_um"], base=store.path,
+                                       only=list(colors) if colors else None)
+            rgb = composite(chans, colors=colors)
         except Exception as exc:  # noqa: BLE001 - a missing image must not sink the report
             logger.warning("segmentation overlay of %s skipped: %s", key, exc)
             problems.append(f"{key}: {exc}")
@@ -424,6 +436,7 @@ def _hit_table(store: ScreenStore, page: Page, *, top: int, q_threshold: float) 
         summary = run_query(store, "score_summary")
     except NotComputed as exc:
         page.not_computed("Scores", exc)
+        _stage_messages(store, page, ("profile", "score"))
         page.section("Ranked hits")
         page.not_computed("Ranked hit table", exc)
         return None
@@ -448,6 +461,35 @@ def _hit_table(store: ScreenStore, page: Page, *, top: int, q_threshold: float) 
                 caption=f"Phenotypic activity of every scored perturbation; dashed line q = {q_threshold:g}; the "
                         "best-ranked are labelled.")
     return ranked
+
+
+def _stage_messages(store: ScreenStore, page: Page, stages: tuple[str, ...]) -> None:
+    """The latest messages of ``stages`` (why something was not computed), as a table."""
+    try:
+        msgs = run_query(store, "stage_messages")
+    except NotComputed:
+        return
+    msgs = msgs.filter(pl.col("stage").is_in(list(stages)))
+    if msgs.height:
+        page.table(msgs, query="stage_messages", caption="what the " + " and ".join(stages) + " stages reported")
+
+
+def _coverage(store: ScreenStore, page: Page) -> None:
+    page.section("Scoring coverage")
+    try:
+        cov = run_query(store, "scoring_coverage")
+    except NotComputed as exc:
+        page.not_computed("Scoring coverage", exc)
+        return
+    n_scored = int(cov["scored"].sum())
+    page.stats([("perturbations in the profiles", cov.filter(pl.col("control_type") != "negcon").height, "n"),
+                ("scored", n_scored, "scored"),
+                ("not scored", cov.filter(~pl.col("scored") & (pl.col("control_type") != "negcon")).height,
+                 "not_scored")], query="scoring_coverage")
+    page.table(cov, query="scoring_coverage", max_rows=500,
+               caption="perturbations and whether they were scored: phenotypic activity needs at least 2 wells "
+                       "of a perturbation (replicates pooled across plates) and 2 negative-control wells; "
+                       "positive controls are scored like treatments")
 
 
 def _dose_response(store: ScreenStore, page: Page, *, max_panels: int) -> None:
@@ -505,9 +547,17 @@ def _relocalization(store: ScreenStore, page: Page, *, q_threshold: float) -> No
 
 def _gallery(store: ScreenStore, page: Page, ranked: pl.DataFrame | None, *, n_hits: int, n_cells: int) -> None:
     from . import plots
-    from ._images import composite, crop_around, display_limits, draw_outlines, read_site_channels
+    from ._images import (
+        channel_colors,
+        composite,
+        crop_around,
+        display_limits,
+        draw_outlines,
+        read_site_channels,
+    )
 
     page.section("Example cells")
+    colors = channel_colors(store)
     if ranked is None:
         page.not_computed("Cell galleries", "no scores")
         return
@@ -547,7 +597,7 @@ def _gallery(store: ScreenStore, page: Page, ranked: pl.DataFrame | None, *, n_h
             try:
                 site_cache[key] = read_site_channels(r["channels"], plate=r["plate"], well=r["well"],
                                                      site=r["site"], pixel_size_um=r["pixel_size_um"],
-                                                     base=store.path)
+                                                     base=store.path, only=list(colors) if colors else None)
             except Exception as exc:  # noqa: BLE001 - reported under the gallery
                 logger.warning("gallery: site %s not readable: %s", key, exc)
                 site_cache[key] = exc
@@ -579,7 +629,7 @@ def _gallery(store: ScreenStore, page: Page, ranked: pl.DataFrame | None, *, n_h
                 im = site_cache[key]
                 if not isinstance(im, dict):
                     continue
-                rgb = composite(im, limits=limits)
+                rgb = composite(im, colors=colors, limits=limits)
                 crop = crop_around(rgb, center=(r["centroid_y"], r["centroid_x"]), size=size)
                 mask = mask_cache.get(key)
                 if mask is not None and mask.shape == rgb.shape[:2]:
@@ -647,6 +697,7 @@ def build_hit_report(
         page = Page(Path(out_dir), stem="hit_report", title=title or f"Hit report — {st.path.resolve().name}")
         banner = _banner(st, page)
         ranked = _hit_table(st, page, top=top, q_threshold=q_threshold)
+        _coverage(st, page)
         _dose_response(st, page, max_panels=dose_panels)
         _relocalization(st, page, q_threshold=q_threshold)
         _gallery(st, page, ranked, n_hits=gallery_hits, n_cells=gallery_cells)

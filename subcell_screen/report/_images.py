@@ -10,17 +10,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_site_channels", "default_colors", "display_limits", "composite", "to_rgb", "draw_outlines",
-           "crop_around"]
+__all__ = ["read_site_channels", "default_colors", "channel_colors", "display_limits", "composite", "to_rgb",
+           "draw_outlines", "crop_around"]
 
 logger = logging.getLogger(__name__)
 
-_NUCLEUS = ("nucleus", "nuclei", "dna", "dapi", "hoechst", "blue")
-_PROTEIN = ("protein", "gfp", "green", "poi", "antibody")
-_MICROTUBULES = ("microtubules", "tubulin", "red")
-_ER = ("er", "endoplasmic reticulum", "yellow", "concanavalin")
-_RGB = {"blue": (0.0, 0.35, 1.0), "green": (0.0, 1.0, 0.0), "red": (1.0, 0.0, 0.0), "yellow": (1.0, 1.0, 0.0),
-        "magenta": (1.0, 0.0, 1.0), "cyan": (0.0, 1.0, 1.0)}
+_HIDDEN = ("brightfield", "bf", "phase", "dpc", "transmitted")
 
 
 def _parse_channels(channels: Any) -> dict[str, str]:
@@ -60,6 +55,7 @@ def read_site_channels(
     site: int,
     pixel_size_um: float | None = None,
     base: Path | None = None,
+    only: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Read one site's channel images for display.
 
@@ -75,6 +71,8 @@ def read_site_channels(
         The site's keys (for the reader and for error messages).
     base
         Folder that relative paths are relative to (the screen folder).
+    only
+        Read only these channels (those shown); default every recorded channel.
 
     Returns
     -------
@@ -87,8 +85,11 @@ def read_site_channels(
         If an image cannot be read; the message names the site and the path.
     """
     mapping = _parse_channels(channels)
+    if only is not None:
+        mapping = {name: spec for name, spec in mapping.items() if name in set(only)}
     if not mapping:
-        raise ValueError(f"site {plate}/{well}/{site}: no channel paths recorded in sites.channels")
+        raise ValueError(f"site {plate}/{well}/{site}: no channel paths recorded in sites.channels"
+                         + (f" for channels {list(only)}" if only is not None else ""))
     if base is not None:  # relative paths are relative to the screen folder
         mapping = {name: spec if "://" in spec or Path(spec.partition("#")[0]).is_absolute()
                    else str(Path(base) / spec) for name, spec in mapping.items()}
@@ -113,33 +114,44 @@ def read_site_channels(
 
 
 def default_colors(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
-    """Display colour of each channel: nucleus blue, protein green, microtubules red, ER yellow (HPA style);
-    other channels (e.g. Cell Painting ER, AGP, Mito, RNA) take the remaining colours, at most four shown."""
-    colors: dict[str, tuple[float, float, float]] = {}
-    used: set[str] = set()
+    """Display colour of each channel by the field's convention, for stores that do not record the run's
+    channel map (a run records them in its ``channels`` table; see :func:`channel_colors`).
 
-    def pick(name: str, keys: tuple[str, ...], color: str) -> None:
-        if color not in used and name not in colors and name.lower() in keys:
-            colors[name] = _RGB[color]
-            used.add(color)
+    Cell Painting dyes and HPA channels take their conventional colours
+    (:data:`~subcell_screen.channels.CELLPAINTING_COLORS`, :data:`~subcell_screen.channels.HPA_COLORS`);
+    transmitted-light channels (brightfield, phase) are not shown; other channels take the free colours.
+    """
+    from ..channels import CELLPAINTING_COLORS, COLORS, HPA_COLORS
 
+    lower = {n.lower() for n in names}
+    cell_painting = bool(lower & {k.lower() for k in CELLPAINTING_COLORS if k != "ER"})
+    convention = {k.lower(): v for k, v in (CELLPAINTING_COLORS if cell_painting else HPA_COLORS).items()}
+    colors: dict[str, str] = {}
     for name in names:
-        pick(name, _NUCLEUS, "blue")
-        pick(name, _PROTEIN, "green")
-        pick(name, _MICROTUBULES, "red")
-    has_protein = "green" in used
+        color = convention.get(name.lower())
+        if color is not None and color not in colors.values():
+            colors[name] = color
+    free = [c for c in ("green", "red", "magenta", "yellow", "cyan", "orange") if c not in colors.values()]
     for name in names:
-        if has_protein:
-            pick(name, _ER, "yellow")
-    for name in names:
-        if name in colors or len(colors) >= 4:
-            continue
-        for color in ("green", "red", "magenta", "yellow", "cyan"):
-            if color not in used:
-                colors[name] = _RGB[color]
-                used.add(color)
-                break
-    return colors
+        if name not in colors and name.lower() not in _HIDDEN and free:
+            colors[name] = free.pop(0)
+    return {name: COLORS[colors[name]] for name in names if name in colors}
+
+
+def channel_colors(store: Any) -> dict[str, tuple[float, float, float]] | None:
+    """Display colours of the channels the last run used (its ``channels`` table), or None if not recorded.
+
+    Channels outside the run's channel map (brightfield, unused stains) have no colour and are not shown.
+    """
+    from ..channels import parse_color
+
+    try:
+        df = store.sql("SELECT channel, color FROM channels WHERE used ORDER BY position")
+    except Exception:  # noqa: BLE001 - a store from before the table existed
+        return None
+    if df.height == 0:
+        return None
+    return {r["channel"]: parse_color(r["color"]) for r in df.iter_rows(named=True)}
 
 
 def display_limits(images: Sequence[Mapping[str, np.ndarray]], *,
@@ -195,6 +207,15 @@ def composite(
             lo, hi = np.percentile(a, percentiles)
         scaled = np.clip((a - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
         out += scaled[..., None] * np.asarray(colors[name], dtype=np.float32)
+    # With more than three channels several add into one RGB component (Cell Painting: red from AGP, RNA's
+    # yellow and Mito's magenta), and plain addition turns every cell white; each component is divided by the
+    # colour weight summed into it (relative to ~3 channels), so that channels sharing one stay distinguishable.
+    # A single channel keeps its full range.
+    weight = np.zeros(3, dtype=np.float32)
+    for name in channels:
+        if name in colors:
+            weight += np.asarray(colors[name], dtype=np.float32)
+    out /= np.maximum(weight / max(1.0, float(np.sqrt(len([n for n in channels if n in colors]) / 3))), 1.0)
     return np.clip(out, 0.0, 1.0)
 
 

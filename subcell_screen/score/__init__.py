@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from ._design import ScoringDesign, scoring_design
 from ._dose import DoseFit, DoseResponseResult, dose_response, fit_dose_response, logistic4
 from ._hits import cell_count_fraction, effect_sizes, hit_table
 from ._map import (
@@ -33,6 +34,8 @@ from ._presets import (
 from ._reloc import LOCALIZATION_CLASSES, RelocalizationResult, relocalization
 
 __all__ = [
+    "scoring_design",
+    "ScoringDesign",
     "average_precision",
     "multilabel_average_precision",
     "mean_average_precision",

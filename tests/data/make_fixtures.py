@@ -19,13 +19,23 @@ import tifffile
 HERE = Path(__file__).parent
 
 
-def _tiff(src: Path, dst: Path, *, crop: tuple[slice, slice] | None = None, compression: str = "zlib") -> None:
+def _tiff(src: Path, dst: Path, *, crop: tuple[slice, slice] | None = None, compression: str = "zlib",
+          keep_resolution: bool = False) -> None:
+    """Copy ``src`` to ``dst`` losslessly re-encoded; ``keep_resolution`` keeps the X/YResolution and
+    ResolutionUnit tags as they are upstream (bogus instrument values included: tests rely on them)."""
     image = tifffile.imread(src)
     if crop is not None:
         image = image[(..., *crop)]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    args = {"level": 19 if compression == "zstd" else 9} if compression != "lzw" else {}
-    tifffile.imwrite(dst, image, compression=compression, compressionargs=args, predictor=True)
+    args = {"level": 19 if compression == "zstd" else 9} if compression not in ("lzw", "lzma") else {}
+    extra = {}
+    if keep_resolution:
+        with tifffile.TiffFile(src) as tif:
+            tags = tif.pages.first.tags
+            if "XResolution" in tags:
+                extra = {"resolution": (tags["XResolution"].value, tags["YResolution"].value),
+                         "resolutionunit": int(tags["ResolutionUnit"].value)}
+    tifffile.imwrite(dst, image, compression=compression, compressionargs=args, predictor=True, **extra)
 
 
 def main(src: Path) -> None:
@@ -38,7 +48,9 @@ def main(src: Path) -> None:
     # DSB2018 image + instance mask
     for name in ("img2d.tif", "mask2d.tif"):
         _tiff(src / "dsb2018-stardist" / name, HERE / "dsb2018" / name)
-    # pediatric Cell Painting site: full-size DNA (ch5) and AGP (ch3) (zstd re-encoded),
+    # pediatric Cell Painting site: full-size DNA (ch5) and AGP (ch3) (zstd re-encoded), the other four
+    # channels full size in pediatric_site_more (LZMA re-encoded, the smallest lossless encoding, instrument
+    # resolution tags kept; the real-pixel plates of tests/realplates.py are cut from all six),
     # plus all six channels cropped to the top-left 256 x 256 px in Phenix naming (LZW kept via re-encode)
     ped = src / "cellpainting-sites" / "pediatric_BR00143976_C03_f3"
     full = HERE / "cellpainting" / "pediatric_site_full"
@@ -46,6 +58,10 @@ def main(src: Path) -> None:
     for ch in ("ch3", "ch5"):
         name = f"r03c03f03p01-{ch}sk1fk1fl1.tiff"
         _tiff(ped / name, full / name, compression="zstd")
+    for ch in ("ch1", "ch2", "ch4", "ch6"):
+        name = f"r03c03f03p01-{ch}sk1fk1fl1.tiff"
+        _tiff(ped / name, HERE / "cellpainting" / "pediatric_site_more" / name, compression="lzma",
+              keep_resolution=True)
     for name in ("NucleiOutlines_BR00143976_C03_3.tiff", "CellsOutlines_BR00143976_C03_3.tiff"):
         shutil.copy2(ped / name, full / name)
     for img in sorted(ped.glob("r03c03f03p01-ch*.tiff")):
