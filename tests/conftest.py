@@ -23,6 +23,34 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
+def write_oversized_tiff(path: Path, *, height: int = 60000, width: int = 60000) -> Path:
+    """A ~300-byte TIFF whose header declares ``height x width`` uint16 pixels (one zlib strip of 16x16 zeros).
+
+    A decompression-bomb-like input: reading its pixels would allocate ``2 * height * width`` bytes.
+    """
+    import struct
+
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint16), compression="zlib", rowsperstrip=16, metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        patches = [(tags[n].valueoffset, tags[n].dtype, v)
+                   for n, v in (("ImageWidth", width), ("ImageLength", height), ("RowsPerStrip", height))]
+    with open(path, "r+b") as fh:
+        for offset, dtype, value in patches:
+            fh.seek(offset)
+            fh.write(struct.pack("<H" if dtype == 3 else "<I", value))
+    return path
+
+
+@pytest.fixture(scope="session")
+def oversized_tiff():
+    """:func:`write_oversized_tiff`, as a fixture (tests cannot import conftest)."""
+    return write_oversized_tiff
+
+
 @pytest.fixture
 def data_dir() -> Path:
     """``tests/data``."""

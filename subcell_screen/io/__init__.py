@@ -11,13 +11,24 @@ iter_sites(records, *, illumination=None, prefetch=None, workers=None) -> iterat
 check_sites(index, *, store=None, decode=False) -> SiteCheckReport
 compute_illumination(index, *, plate, ...) -> IlluminationFunctions;  apply_illumination(site, functions)
 
-Errors: :class:`ReaderError` (no reader matched), :class:`SiteLoadError` (one site failed),
+Errors: :class:`ReaderError` (no reader matched), :class:`SiteLoadError` (one site failed; subclasses
+:class:`ImageTooLargeError`, :class:`NonFiniteSiteError`, :class:`MixedDtypeError` say why),
 :class:`PlateUnreadableError` (no site of a plate could be loaded).
+
+Limits: :data:`MAX_PLANE_PIXELS` (2**28 pixels per plane) and :data:`MAX_FILE_PIXELS` (2**30 per file) are
+checked on each file's header before pixels are allocated.
 """
 
 from __future__ import annotations
 
-from ._errors import PlateUnreadableError, ReaderError, SiteLoadError
+from ._errors import (
+    ImageTooLargeError,
+    MixedDtypeError,
+    NonFiniteSiteError,
+    PlateUnreadableError,
+    ReaderError,
+    SiteLoadError,
+)
 from ._types import SiteImage, SiteIndex, SiteRecord
 
 __all__ = [
@@ -36,7 +47,12 @@ __all__ = [
     "IlluminationFunctions",
     "ReaderError",
     "SiteLoadError",
+    "ImageTooLargeError",
+    "NonFiniteSiteError",
+    "MixedDtypeError",
     "PlateUnreadableError",
+    "MAX_PLANE_PIXELS",
+    "MAX_FILE_PIXELS",
 ]
 
 _LAZY = {
@@ -50,6 +66,8 @@ _LAZY = {
     "compute_illumination": ".illumination",
     "apply_illumination": ".illumination",
     "IlluminationFunctions": ".illumination",
+    "MAX_PLANE_PIXELS": "._load",
+    "MAX_FILE_PIXELS": "._load",
 }
 
 
