@@ -43,7 +43,15 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `pixel_size_um = inf` (valid TOML) passes gt=0 and would fail deep in a stage
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _no_duplicates(values: list[str]) -> list[str]:
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"listed more than once: {twice}")
+    return values
 
 
 class ScreenSection(_Section):
@@ -147,10 +155,15 @@ class EmbeddingSection(_Section):
     allow_fallback: bool = Field(
         default=False, description="Use classical features when SubCell weights are missing.")
     classical_families: list[Literal["shape", "intensity", "texture", "correlation", "radial"]] = Field(
-        default_factory=lambda: ["shape", "intensity", "texture", "correlation", "radial"],
-        description="Feature families of the classical featurizer.")
+        default_factory=lambda: ["shape", "intensity", "texture", "correlation", "radial"], min_length=1,
+        description="Feature families of the classical featurizer (at least one).")
     classical_zernike_degree: int = Field(default=9, ge=-1, le=20,
                                           description="Highest Zernike degree (-1: none).")
+
+    @field_validator("classical_families")
+    @classmethod
+    def _families(cls, v: list[str]) -> list[str]:
+        return _no_duplicates(v)
 
 
 class ProfilesSection(_Section):
@@ -165,9 +178,20 @@ class ProfilesSection(_Section):
     controls: Literal["negcon", "all"] = "negcon"
     spherize_method: Literal["ZCA", "ZCA-cor", "PCA", "PCA-cor"] = "ZCA-cor"
     spherize_epsilon: float = Field(default=1e-6, ge=0)
-    feature_select: list[str] = Field(default_factory=list)
+    feature_select: list[str] = Field(default_factory=list, description=(
+        "feature_select operations, in order (subcell_screen.profiles.FEATURE_SELECT_OPERATIONS)."))
     batch_correction: Literal["none", "harmony"] = "none"
     min_cells_per_well: int = Field(default=1, ge=0)
+
+    @field_validator("feature_select")
+    @classmethod
+    def _operations(cls, v: list[str]) -> list[str]:
+        from .profiles import FEATURE_SELECT_OPERATIONS
+
+        unknown = [op for op in v if op not in FEATURE_SELECT_OPERATIONS]
+        if unknown:
+            raise ValueError(f"unknown operation(s) {unknown}; choose from {list(FEATURE_SELECT_OPERATIONS)}")
+        return _no_duplicates(v)
 
 
 class ScoringSection(_Section):

@@ -64,12 +64,14 @@ def _assert_same_tables(a: dict, b: dict, *, exact_features: bool = True) -> Non
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(ray_start_env):
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # num_gpus=0: a CPU-only cluster even on a GPU machine (the GPU path is in test_distributed_gpu.py)
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=500 * 1024 ** 2,
-             logging_level=logging.WARNING)
+    # num_gpus=0: a CPU-only cluster even on a GPU machine (the GPU path is in test_distributed_gpu.py);
+    # ray_start_env keeps Ray's own processes off the network (see tests/conftest.py)
+    with ray_start_env():
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=500 * 1024 ** 2,
+                 logging_level=logging.WARNING)
     try:
         yield ray
     finally:
@@ -202,6 +204,25 @@ def test_session_keeps_an_instance_it_did_not_start(ray_local):
     with ray_session(RaySection()) as info:
         assert not info.started and info.resources["CPU"] == 2
     assert ray_local.is_initialized()
+
+
+def test_local_ray_stays_on_loopback(ray_local):
+    """Issue 17 item 13: the test's Ray processes never probe 8.8.8.8 or the cloud metadata service.
+
+    Measured with ``strace -f -e trace=connect,sendto`` over this module: only 127.0.0.1 (and its IPv6-mapped
+    form) with ``ray_start_env``; without it, a UDP route probe to 8.8.8.8 (driver and runtime-env agent), an
+    HTTP request to 169.254.169.254 and a DNS query for metadata.google.internal (dashboard), and every Ray
+    service on the machine's network address.
+    """
+    node = ray_local._private.worker._global_node
+    assert node.node_ip_address == "127.0.0.1"  # not the address that routes to 8.8.8.8
+    dashboards = node.all_processes.get("dashboard", [])
+    assert dashboards, sorted(node.all_processes)
+    for info in dashboards:  # its usage-stats module reads ~/ray_bootstrap_config.yaml instead of the cloud
+        env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{info.process.pid}/environ").read_bytes().split(b"\0")
+                   if b"=" in kv)
+        assert (Path(env[b"HOME"].decode()) / "ray_bootstrap_config.yaml").is_file()
+        assert env[b"RAY_USAGE_STATS_ENABLED"] == b"0"
 
 
 def test_resource_checks():

@@ -18,14 +18,15 @@ KEYS = ["plate", "well", "site", "cell_id"]
 
 
 @pytest.fixture(scope="module")
-def ray_gpu():
+def ray_gpu(ray_start_env):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, object_store_memory=1024 ** 3,
-             logging_level=logging.WARNING)
+    with ray_start_env():  # keeps Ray's own processes off the network (tests/conftest.py)
+        ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, object_store_memory=1024 ** 3,
+                 logging_level=logging.WARNING)
     try:
         yield ray
     finally:

@@ -201,7 +201,8 @@ def test_untrusted_pickle_is_not_unpickled(tmp_path):
     torch.save({"x": types.SimpleNamespace(a=1)}, p)
     with pytest.raises(CheckpointError, match="weights_only=True"):
         load_checkpoint_file(p)
-    assert isinstance(load_checkpoint_file(p, trusted=True)["x"], types.SimpleNamespace)
+    with pytest.raises(CheckpointError, match="never unpickled"):  # issue 17: no hash makes it safe
+        load_checkpoint_file(p, trusted=True)
 
 
 def test_public_layout_key_count_matches_hf_vit():

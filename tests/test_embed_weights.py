@@ -214,9 +214,10 @@ def test_models_cli_list_download_verify(server, tiny_bytes, tmp_path, capsys):
     assert out.count("/MAE-CellS-ProtS-Pool") == 4 and out.count("/ViT-ProtS-Pool") == 4 and "not cached" in out
     assert main(["models", "download", "rbg/vit", "--cache-dir", str(cache), "--mirror", server.url]) == 0
     out = capsys.readouterr().out
-    assert card.encoder_file in out and "(new)" in out
+    assert card.encoder_file in out and out.count("(new; UNVERIFIED: no published SHA-256)") == 2
     assert main(["models", "verify", "rbg/ViT-ProtS-Pool", "--cache-dir", str(cache)]) == 0
-    assert capsys.readouterr().out.count("OK") == 2
+    out = capsys.readouterr().out
+    assert out.count("OK") == 2 and out.count("origin is unverified") == 2
     (cache / card.classifier_files[0]).write_bytes(b"bad")
     assert main(["models", "verify", "rbg/ViT-ProtS-Pool", "--cache-dir", str(cache)]) == 1
     assert "MISMATCH" in capsys.readouterr().out
@@ -228,3 +229,90 @@ def test_models_cli_list_download_verify(server, tiny_bytes, tmp_path, capsys):
     assert main(["models", "verify", "bg/MAE", "--cache-dir", str(cache), "--record"]) == 1  # classifier missing
     rec = json.loads((cache / "hashes.json").read_text())
     assert rec[other.encoder_file]["source"] == "manual"
+
+
+# -- issue 17 item 1: a weights folder never runs code; files without a published hash are marked ------------
+
+class _Payload:
+    """Pickles to a call that writes ``marker`` when unpickled (what a malicious checkpoint does)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def _plant_payload(cache, card, marker, *, source="download") -> None:
+    """A pickle payload as ``card``'s encoder, trusted by a matching ``hashes.json`` entry (as a first download
+    of a file without a published hash would record it)."""
+    import torch
+
+    from subcell_screen.embed.weights import _update_record, sha256_file
+
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / card.encoder_file
+    torch.save({"encoder.embeddings.cls_token": _Payload(marker)}, path)
+    _update_record(cache, card.encoder_file, sha256=sha256_file(path), size=path.stat().st_size, source=source)
+
+
+@pytest.mark.parametrize("source", ["download", "manual"])
+def test_pickle_payload_with_matching_recorded_hash_never_runs(tmp_path, source):
+    card = get_model_card("rbg/ViT-ProtS-Pool")
+    cache, marker = tmp_path / "cache", tmp_path / "pwned.txt"
+    _plant_payload(cache, card, marker, source=source)
+    from subcell_screen.embed import CheckpointError
+
+    with pytest.raises(CheckpointError, match=card.encoder_file) as err:
+        load_model(card.name, cache_dir=cache, offline=True, device="cpu", classifiers=False)
+    assert not marker.exists(), "unpickling the weights file ran code"
+    assert "weights_only" in str(err.value) or "tensors" in str(err.value)
+
+
+def test_load_checkpoint_file_never_unpickles_objects(tmp_path):
+    import torch
+
+    from subcell_screen.embed import CheckpointError
+    from subcell_screen.embed.model import load_checkpoint_file
+
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "w.pth"
+    torch.save({"w": _Payload(marker)}, path)
+    for trusted in (False, True):
+        with pytest.raises(CheckpointError, match="w.pth"):
+            load_checkpoint_file(path, trusted=trusted)
+    assert not marker.exists()
+    torch.save({"w": torch.ones(2)}, path)  # a plain state dict loads
+    assert torch.equal(load_checkpoint_file(path)["w"], torch.ones(2))
+
+
+def test_files_without_published_hash_are_marked_unverified(server, tiny_bytes, tmp_path, caplog):
+    tc, files = tiny_bytes
+    card = get_model_card("rbg/ViT-ProtS-Pool")   # no published SHA-256
+    server.serve_model(card, files)
+    cache = tmp_path / "cache"
+    ensure_model_files(card, cache_dir=cache, offline=False, base_url=server.url, progress=False)
+    (cache / tc.config.name).write_text(tc.config.read_text())
+    with caplog.at_level("WARNING", logger="subcell_screen.embed.weights"):
+        mf = ensure_model_files(card, cache_dir=cache, offline=True)   # second use: a recorded hash only
+    assert mf.verified[card.encoder_file] == "recorded"
+    assert mf.unverified == (card.encoder_file, card.classifier_files[0])
+    prov = mf.provenance()
+    assert prov["model"] == card.name and prov["verified"] is False
+    assert prov["unverified"] == [card.encoder_file, card.classifier_files[0]]
+    assert prov["files"][card.encoder_file] == {
+        "sha256": hashlib.sha256(files[card.encoder_file]).hexdigest(), "check": "recorded", "verified": False}
+    assert any("no published SHA-256" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    json.dumps(prov)
+    model = load_model(card.name, cache_dir=cache, offline=True, device="cpu")
+    assert model.files.provenance() == prov
+
+
+def test_card_hash_is_the_only_verified_check(tmp_path):
+    from subcell_screen.embed.weights import ModelFiles
+
+    card = get_model_card("ybg/MAE-CellS-ProtS-Pool")
+    mf = ModelFiles(card=card, encoder=tmp_path / card.encoder_file, classifiers=(), sha256={card.encoder_file: "a"},
+                    verified={card.encoder_file: "card"})
+    assert mf.unverified == () and mf.provenance()["verified"] is True
+    assert mf.provenance()["files"][card.encoder_file]["verified"] is True

@@ -174,3 +174,79 @@ def test_iter_sites_applies_per_plate_functions(plate):
         np.testing.assert_array_equal(img.data, load_site(rec, illumination=funcs).data)
     other = list(iter_sites(index.records[:1], illumination={"P2": funcs}, workers=0))  # no functions for P1
     assert other[0][1].data.dtype == np.uint16
+
+
+# -- issue 17 items 3-5: a bad site is excluded from its plate's functions and fails alone ---------------------
+
+def _phenix(folder: Path, s: int, ch: int) -> Path:
+    return folder / f"r01c{(s - 1) // 9 + 1:02d}f{(s - 1) % 9 + 1:02d}p01-ch{ch}sk1fk1fl1.tiff"
+
+
+def _reference(tmp_path, n_sites: int, *, transform=None) -> dict:
+    """Functions of the plate's first ``n_sites`` sites (the plate without its bad site)."""
+    ref = tmp_path / "ref" / "P1"
+    _write_plate(ref, n_sites=n_sites)
+    if transform is not None:
+        for p in ref.glob("*.tiff"):
+            tifffile.imwrite(p, transform(tifffile.imread(p)))
+    return dict(compute_illumination(read_plate(ref.parent, channel_names="1=DNA,2=ER"), plate="P1"))
+
+
+def test_site_of_another_size_is_excluded_and_fails_alone(tmp_path):
+    from subcell_screen.io import SiteLoadError, iter_sites
+
+    folder = tmp_path / "img" / "P1"
+    _write_plate(folder, n_sites=27)
+    rng = np.random.default_rng(5)
+    for ch in (1, 2):  # one more site, 64x80, that comes first on the plate (A01 field 0)
+        tifffile.imwrite(folder / f"r01c01f00p01-ch{ch}sk1fk1fl1.tiff", rng.integers(0, 4000, (64, 80), np.uint16))
+    index = read_plate(folder.parent, channel_names="1=DNA,2=ER")
+    odd = index.records[0]
+    assert odd.key == ("P1", "A01", 0)
+    funcs = compute_illumination(index, plate="P1")          # no ValueError: the plate goes on
+    assert funcs.n_sites == 27 and set(funcs.excluded) == {odd.key}
+    assert "64x80" in funcs.excluded[odd.key] and "96x128" in funcs.excluded[odd.key]
+    assert funcs.recipe["n_excluded"] == 1
+    ref = _reference(tmp_path, 27)
+    for c in ("DNA", "ER"):  # other sites' correction is exactly that of the plate without the odd site
+        np.testing.assert_array_equal(funcs[c], ref[c])
+    results = {r.key: res for r, res in iter_sites(index, illumination=funcs, workers=0)}
+    assert isinstance(results[odd.key], SiteLoadError) and "64x80" in str(results[odd.key])
+    assert sum(not isinstance(v, SiteLoadError) for v in results.values()) == 27
+
+
+def test_all_nan_site_is_excluded_and_fails(tmp_path):
+    from subcell_screen.io import NonFiniteSiteError, SiteLoadError
+
+    folder = tmp_path / "img" / "P1"
+    _write_plate(folder, n_sites=10)
+    for p in folder.glob("*.tiff"):  # a float32 plate (e.g. exported by another tool)
+        tifffile.imwrite(p, tifffile.imread(p).astype(np.float32))
+    for ch in (1, 2):
+        tifffile.imwrite(_phenix(folder, 10, ch), np.full((H, W), np.nan, np.float32))
+    index = read_plate(folder.parent, channel_names="1=DNA,2=ER")
+    nan_key = ("P1", "A02", 1)
+    assert index.records[-1].key == nan_key
+    funcs = compute_illumination(index, plate="P1")
+    ref = _reference(tmp_path, 9, transform=lambda a: a.astype(np.float32))
+    for c in ("DNA", "ER"):
+        assert funcs[c].max() > 1.3  # correction stays on
+        np.testing.assert_array_equal(funcs[c], ref[c])
+    assert set(funcs.excluded) == {nan_key} and "NaN" in funcs.excluded[nan_key]
+    with pytest.raises(NonFiniteSiteError, match=r"channel 'DNA' has 12,288 of 12,288 pixels NaN") as err:
+        load_site(index.records[-1])
+    assert isinstance(err.value, SiteLoadError) and err.value.path.endswith("r01c02f01p01-ch1sk1fk1fl1.tiff")
+
+
+def test_a_few_infinite_pixels_fail_the_site(tmp_path):
+    from subcell_screen.io import NonFiniteSiteError
+
+    folder = tmp_path / "P1"
+    _write_plate(folder, n_sites=1)
+    a = tifffile.imread(_phenix(folder, 1, 2)).astype(np.float64)
+    a[3, 4], a[5, 6] = np.inf, np.nan
+    tifffile.imwrite(_phenix(folder, 1, 2), a)
+    tifffile.imwrite(_phenix(folder, 1, 1), tifffile.imread(_phenix(folder, 1, 1)).astype(np.float64))
+    rec = read_plate(tmp_path, channel_names="1=DNA,2=ER").records[0]
+    with pytest.raises(NonFiniteSiteError, match=r"channel 'ER' has 2 of 12,288 pixels NaN or infinite"):
+        load_site(rec)

@@ -241,3 +241,93 @@ def test_site_record_pickles():
                      reader="phenix")
     back = pickle.loads(pickle.dumps(rec))
     assert back == rec and list(back.channels) == ["DNA", "ER"]
+
+
+# -- issue 17 item 2: declared pixel counts are limited before anything is allocated --------------------------
+
+def test_oversized_declared_tiff_fails_its_site_before_allocating(tmp_path, oversized_tiff):
+    from subcell_screen.io import MAX_PLANE_PIXELS, ImageTooLargeError
+
+    _plate(tmp_path / "P1", n_fields=3)
+    bomb = oversized_tiff(_file(tmp_path / "P1", 2, 1))
+    assert bomb.stat().st_size < 2000
+    index = read_plate(tmp_path, channel_names=NAMES)
+    rec = index.records[1]
+    with pytest.raises(ImageTooLargeError) as err:
+        probe_site(rec)       # header only: what `sites --check` runs
+    msg = str(err.value)
+    assert str(bomb) in msg and "60000x60000" in msg and f"{MAX_PLANE_PIXELS:,}" in msg
+    assert isinstance(err.value, SiteLoadError) and err.value.key == ("P1", "A01", 2)
+    assert err.value.path == str(bomb)
+    with pytest.raises(ImageTooLargeError, match="60000x60000"):
+        load_site(rec)
+    report = check_sites(index)
+    assert (report.n_ok, report.n_failed) == (2, 1) and report.failures[0][0] == ("P1", "A01", 2)
+    got = [(r.site, type(res).__name__) for r, res in iter_sites(index, workers=0)]
+    assert got == [(1, "SiteImage"), (2, "ImageTooLargeError"), (3, "SiteImage")]
+
+
+def test_pixel_limit_is_configurable_and_checks_png(tmp_path):
+    from PIL import Image
+
+    from subcell_screen.io import ImageTooLargeError
+
+    _plate(tmp_path / "P1", n_fields=1)
+    rec = read_plate(tmp_path, channel_names=NAMES).records[0]
+    assert probe_site(rec, max_plane_pixels=24 * 32) == ((2, 24, 32), np.dtype(np.uint16))
+    with pytest.raises(ImageTooLargeError, match=r"24x32 pixels .* limit of 767 pixels per plane"):
+        probe_site(rec, max_plane_pixels=767)
+    with pytest.raises(ImageTooLargeError):
+        load_site(rec, max_plane_pixels=767)
+    png = tmp_path / "hpa" / "pl_A1_1_blue.png"
+    png.parent.mkdir()
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(png)
+    hpa = read_plate(png.parent, reader="hpa").records[0]
+    with pytest.raises(ImageTooLargeError, match=r"pl_A1_1_blue.png.*40x50"):
+        load_site(hpa, channels=["nucleus"], max_plane_pixels=1000)
+    assert load_site(hpa, channels=["nucleus"]).data.shape == (1, 40, 50)
+
+
+def test_sites_check_cli_names_the_oversized_file(tmp_path, oversized_tiff, capsys):
+    from subcell_screen.cli import main
+
+    for f in (1, 2):
+        tifffile.imwrite(tmp_path / f"r01c01f0{f}p01-ch1sk1fk1fl1.tiff", np.zeros((8, 8), np.uint16))
+    oversized_tiff(tmp_path / "r01c01f02p01-ch1sk1fk1fl1.tiff")
+    assert main(["sites", str(tmp_path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "2 site(s): 1 ok, 1 failed" in out and "r01c01f02p01-ch1sk1fk1fl1.tiff" in out and "60000x60000" in out
+
+
+# -- issue 17 item 5: one plate, one dtype: the minority dtype's sites are refused by name --------------------
+
+def test_site_of_another_dtype_is_refused_by_check_sites(tmp_path):
+    from subcell_screen.io import MixedDtypeError
+
+    arrays = _plate(tmp_path / "img" / "P1", n_fields=5)
+    _plate(tmp_path / "img" / "P2", n_fields=1)
+    for ch in (1, 2):  # the same pixels, exported as float64 0..1 by another tool
+        tifffile.imwrite(_file(tmp_path / "img" / "P1", 4, ch), arrays[(4, ch)] / 65535.0)
+    index = read_plate(tmp_path / "img", channel_names=NAMES)
+    with ScreenStore.create(tmp_path / "screen") as store:
+        report = check_sites(index, store=store)
+        assert (report.n_ok, report.n_failed) == (5, 1) and report.plates == {"P1": (4, 1), "P2": (1, 0)}
+        assert report.dtypes == {"uint16": 5}
+        key, msg = report.failures[0]
+        assert key == ("P1", "A01", 4)
+        assert "float64" in msg and "4 of plate P1's 5 readable sites are uint16" in msg
+        assert str(_file(tmp_path / "img" / "P1", 4, 1)) in msg
+        row = store.sql("SELECT status, error FROM sites WHERE plate = 'P1' AND site = 4").row(0)
+        assert row[0] == "failed" and "float64" in row[1]
+    err = MixedDtypeError("x", key=key)
+    assert isinstance(pickle.loads(pickle.dumps(err)), MixedDtypeError)
+    # decode=True finds the same
+    assert check_sites(index, decode=True).failures[0][0] == ("P1", "A01", 4)
+
+
+def test_dtype_tie_keeps_the_first_sites_dtype(tmp_path):
+    arrays = _plate(tmp_path / "P1", n_fields=2)
+    for ch in (1, 2):
+        tifffile.imwrite(_file(tmp_path / "P1", 2, ch), arrays[(2, ch)].astype(np.float32))
+    report = check_sites(read_plate(tmp_path, channel_names=NAMES))
+    assert [k for k, _ in report.failures] == [("P1", "A01", 2)] and report.dtypes == {"uint16": 1}

@@ -61,7 +61,9 @@ def download(names: tuple[str, ...], all_: bool, cache_dir: Path | None, force: 
         files = ensure_model_files(card, cache_dir=cache_dir, offline=False, classifiers=not embeddings_only,
                                    force=force, base_url=mirror)
         for p in (files.encoder, *files.classifiers):
-            click.echo(f"{card.name}: {p}  sha256 {files.sha256[p.name]} ({files.verified[p.name]})")
+            how = files.verified[p.name]
+            note = "" if how == "card" else "; UNVERIFIED: no published SHA-256"
+            click.echo(f"{card.name}: {p}  sha256 {files.sha256[p.name]} ({how}{note})")
 
 
 @models.command("verify")
@@ -83,6 +85,8 @@ def verify(names: tuple[str, ...], cache_dir: Path | None, record: bool) -> None
             extra = f" sha256 {st.sha256}" if st.sha256 else ""
             if st.status == "mismatch":
                 extra += f" (expected {st.expected} from the {st.source} hash)"
+            elif st.status == "ok" and st.source != "card":
+                extra += " (matches the recorded hash; no published SHA-256, so its origin is unverified)"
             click.echo(f"{st.status.upper():10s} {card.name}: {st.path}{extra}")
             bad += st.status == "mismatch" or (st.status == "missing" and bool(names))
     if bad:

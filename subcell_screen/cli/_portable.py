@@ -3,7 +3,8 @@
 Accepts SubCellPortable's options (``process.py`` / ``cli.py``, 2025) so existing scripts switch by replacing
 ``python process.py`` with ``subcell-screen portable``. Precedence: defaults < ``--config`` YAML < options
 given on the command line. ``--prefetch_factor`` and ``--async_saving`` are accepted for compatibility
-(prefetching and saving are handled internally).
+(prefetching and saving are handled internally). Outputs stay inside ``-o`` (an ``output_prefix`` that would
+leave it is refused); image paths given as URLs are downloaded only with ``--allow-remote``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _DEFAULTS: dict[str, Any] = {
     "save_attention_maps": False, "gpu": None, "batch_size": 128, "num_workers": 4, "prefetch_factor": 2,
     "async_saving": False, "quiet": False, "update_model": False, "normalize": "per_channel",
     "probabilities": "sigmoid", "precision": "fp32", "cache_dir": None, "offline": None, "device": None,
+    "allow_remote": False,
 }
 
 
@@ -53,6 +55,8 @@ _DEFAULTS: dict[str, Any] = {
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:<i> (overrides --gpu).")
 @click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path), default=None, help="Weights folder.")
 @click.option("--offline/--online", "offline", default=None, help="Never download weights.")
+@click.option("--allow-remote", "allow_remote", is_flag=True, default=None,
+              help="Download image paths given as http(s):// URLs (default: refuse them).")
 def portable(config: Path | None, **options: Any) -> None:
     """Embed the cell crops listed in a SubCellPortable path_list.csv and write its outputs."""
     from ..embed.portable import run_portable

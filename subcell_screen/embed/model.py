@@ -421,24 +421,29 @@ def convert_checkpoint(
 
 
 def load_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """``torch.load`` a state dict, with ``weights_only=True`` first.
+    """``torch.load(weights_only=True)`` a state dict: tensors and plain containers only, never other objects.
 
-    Falls back to a full unpickle only for ``trusted`` files (hash matched the model card or a hash recorded
-    at download); otherwise explains how to proceed.
+    No file is ever fully unpickled, whatever its hash: a hash (even a recorded one) says nothing about what a
+    pickle runs. ``trusted`` is accepted for compatibility and has no effect.
+
+    Raises
+    ------
+    CheckpointError
+        The file holds anything but a mapping of tensors (e.g. pickled objects), naming the file.
     """
+    del trusted  # a matching hash never makes unpickling arbitrary objects safe
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends
-        if not trusted:
-            raise CheckpointError(
-                f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); refusing a full unpickle of "
-                "an unverified file. Verify it (`subcell-screen models verify --record`) if you trust it.") from exc
-        logger.warning("%s needs a full unpickle (weights_only=True failed: %s); the file's hash is verified",
-                       path, exc)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        lines = str(exc).splitlines()
+        why = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else "")
+        raise CheckpointError(
+            f"{path}: not a plain state dict of tensors; torch.load(weights_only=True) refused it ({why}). "
+            "Weight files are never unpickled as arbitrary objects. Use the published file (`subcell-screen "
+            "models download`), or re-save yours as a state dict of tensors.") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}")
     return dict(obj)
@@ -745,9 +750,8 @@ def load_model(
     side = _read_sidecar(files.encoder)
     arch = _arch_from(card.architecture, side.get("architecture", {}))
     synthetic = bool(side.get("synthetic")) or "synthetic" in files.verified.values()
-    trusted = {f: how in ("card", "recorded", "new") for f, how in files.verified.items()}
-    enc_sd = load_checkpoint_file(files.encoder, trusted=trusted[files.encoder.name])
-    clf_sds = [load_checkpoint_file(p, trusted=trusted[p.name]) for p in files.classifiers]
+    enc_sd = load_checkpoint_file(files.encoder)
+    clf_sds = [load_checkpoint_file(p) for p in files.classifiers]
     model = SubCellModel.from_state_dicts(
         enc_sd, clf_sds, card=card, architecture=arch, device=device, precision=precision,
         encoder_source=str(files.encoder), classifier_sources=[str(p) for p in files.classifiers],

@@ -2,10 +2,17 @@
 
 Input CSV (SubCellPortable 2025): header ``r_image,y_image,b_image,g_image,output_prefix`` (a leading ``#`` on
 the header is ignored; later lines starting with ``#`` are comments; blank lines are skipped). One row = one
-cell crop; one single-channel image file (path or URL) per channel letter the model uses; unused channel
-columns may be empty. ``output_prefix`` may contain sub-folders. The legacy layout with an ``output_folder``
-column before ``output_prefix`` is accepted (outputs go to ``<output_folder>/<output_prefix>``). Relative
-image paths are resolved against the current directory, then against the CSV's folder.
+cell crop; one single-channel image file per channel letter the model uses; unused channel columns may be
+empty. ``output_prefix`` may contain sub-folders. The legacy layout with an ``output_folder`` column before
+``output_prefix`` is accepted (outputs go to ``<output_folder>/<output_prefix>``, or to
+``<output_dir>/<output_folder>/<output_prefix>`` when ``output_dir`` is given). Relative image paths are
+resolved against the current directory, then against the CSV's folder.
+
+Containment: every output stays inside its output folder (``output_dir``, else the legacy row's
+``output_folder``). An ``output_prefix`` that is absolute, has a ``..`` part or leads through a symbolic link
+out of the folder is refused (:class:`~subcell_screen.LayoutError` naming the line and column) before anything
+is written. Image paths given as ``http(s)://`` URLs are downloaded only with ``allow_remote=True``
+(``--allow-remote``); otherwise the CSV is refused, before anything is read.
 
 Reading follows SubCellPortable 2025: tifffile for ``.tif``/``.tiff``, Pillow otherwise; a multi-channel
 file is max-projected to grey. Crops of different sizes may be mixed (they are batched by size). Normalisation
@@ -25,6 +32,7 @@ import csv
 import io
 import logging
 import os
+import re
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +51,21 @@ logger = logging.getLogger(__name__)
 #: SubCellPortable ``model_type`` -> model family.
 MODEL_TYPES = {"mae_contrast_supcon_model": "MAE-CellS-ProtS-Pool", "vit_supcon_model": "ViT-ProtS-Pool"}
 _LETTERS = "rybg"
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _relative_inside(value: str) -> str | None:
+    """Why ``value`` is not a relative path that stays inside its folder (None when it is)."""
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", value):
+        return "is absolute"
+    if value.startswith("~"):
+        return "starts with '~' (a home folder)"
+    if ".." in parts:
+        return "has a '..' part"
+    if _SCHEME.match(value):
+        return "is a URL"
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,21 @@ class PortableResult:
     model: str
 
 
-def read_path_list(path: str | os.PathLike, *, model_channels: str) -> tuple[list[PathListRow], bool]:
+def read_path_list(path: str | os.PathLike, *, model_channels: str, allow_remote: bool = False,
+                   output_dir: str | os.PathLike | None = None) -> tuple[list[PathListRow], bool]:
     """Parse a SubCellPortable ``path_list.csv``.
+
+    Parameters
+    ----------
+    path
+        The CSV.
+    model_channels
+        Channel letters of the model; their ``<letter>_image`` columns must be filled.
+    allow_remote
+        Accept ``http(s)://`` image paths (they are downloaded when read); default: refuse them.
+    output_dir
+        The output folder the run was given; with it, a legacy ``output_folder`` must be a relative folder
+        inside it.
 
     Returns
     -------
@@ -91,7 +127,9 @@ def read_path_list(path: str | os.PathLike, *, model_channels: str) -> tuple[lis
     Raises
     ------
     LayoutError
-        Missing columns, or an empty required cell (names the file, line and column).
+        Missing columns, an empty required cell, an ``output_prefix`` (or legacy ``output_folder``) that would
+        write outside the output folder, or a URL image path without ``allow_remote`` (names the file, line and
+        column).
     """
     path = Path(path)
     if not path.exists():
@@ -123,11 +161,28 @@ def read_path_list(path: str | os.PathLike, *, model_channels: str) -> tuple[lis
             if not v:
                 raise LayoutError(f"empty image path for channel {c!r} (model channels {model_channels!r})",
                                   path=path, line=n, column=f"{c}_image")
+            if _SCHEME.match(v):
+                if not v.lower().startswith(("http://", "https://")):
+                    raise LayoutError(f"image path {v!r} is a URL of an unsupported scheme (only http(s))",
+                                      path=path, line=n, column=f"{c}_image")
+                if not allow_remote:
+                    raise LayoutError(f"image path {v!r} is a URL; remote images are downloaded only when asked "
+                                      "for (allow_remote=True, `subcell-screen portable --allow-remote`)",
+                                      path=path, line=n, column=f"{c}_image")
             paths[c] = v
         prefix = rec.get("output_prefix", "")
         if not prefix:
             raise LayoutError("empty output_prefix", path=path, line=n, column="output_prefix")
+        why = _relative_inside(prefix)
+        if why:
+            raise LayoutError(f"output_prefix {prefix!r} {why}; it must be a relative path that stays inside the "
+                              "output folder", path=path, line=n, column="output_prefix")
         folder = rec.get("output_folder") if old else None
+        if folder and output_dir is not None and _relative_inside(folder):
+            raise LayoutError(f"output_folder {folder!r} {_relative_inside(folder)}, but an output folder was "
+                              f"given ({output_dir}): outputs stay inside it, so output_folder must be a relative "
+                              "sub-folder (or run without -o/output_dir)", path=path, line=n,
+                              column="output_folder")
         key = os.path.join(folder or "", prefix)
         if key in seen:
             raise LayoutError(f"duplicate output_prefix {prefix!r} (first on line {seen[key]})", path=path, line=n,
@@ -137,14 +192,18 @@ def read_path_list(path: str | os.PathLike, *, model_channels: str) -> tuple[lis
     return rows, old
 
 
-def read_grayscale(location: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> np.ndarray:
+def read_grayscale(location: str | os.PathLike, *, base_dir: str | os.PathLike | None = None,
+                   allow_remote: bool = False) -> np.ndarray:
     """Read one channel image as float32 (H, W); multi-channel files are max-projected.
 
-    ``location`` is a path (relative: cwd first, then ``base_dir``) or an ``http(s)://`` URL.
+    ``location`` is a path (relative: cwd first, then ``base_dir``) or, with ``allow_remote=True``, an
+    ``http(s)://`` URL (downloaded).
     """
     loc = str(location)
     is_url = loc.startswith(("http://", "https://"))
     suffix = Path(loc.split("?")[0]).suffix.lower()
+    if is_url and not allow_remote:
+        raise ValueError(f"image {loc} is a URL; remote images are read only with allow_remote=True")
     if is_url:
         with urllib.request.urlopen(loc, timeout=60) as resp:  # noqa: S310 - user-provided image URL
             data: Any = io.BytesIO(resp.read())
@@ -214,17 +273,21 @@ def run_portable(
     update_model: bool = False,
     quiet: bool = False,
     model: Any = None,
+    allow_remote: bool = False,
 ) -> PortableResult:
     """Run SubCell on the crops listed in a SubCellPortable ``path_list.csv`` (see module docs).
 
     Parameters mirror SubCellPortable's options (``gpu=-1`` is the CPU; ``device`` overrides ``gpu``);
-    ``normalize``, ``probabilities``, ``precision``, ``cache_dir`` and ``offline`` are additions; ``model``
-    may be an already loaded :class:`~subcell_screen.embed.SubCellModel`.
+    ``normalize``, ``probabilities``, ``precision``, ``cache_dir``, ``offline`` and ``allow_remote``
+    (download ``http(s)://`` image paths; default: refuse them) are additions; ``model`` may be an already
+    loaded :class:`~subcell_screen.embed.SubCellModel`.
 
     Raises
     ------
     LayoutError
-        Bad CSV; ValueError for bad options; weight errors from :func:`~subcell_screen.embed.load_model`.
+        Bad CSV, including outputs that would leave the output folder and URLs without ``allow_remote``
+        (checked before anything is read or written); ValueError for bad options; weight errors from
+        :func:`~subcell_screen.embed.load_model`.
     """
     import torch
 
@@ -243,9 +306,26 @@ def run_portable(
         raise ValueError(f"output_format must be 'individual' or 'combined'; got {output_format!r}")
     if probabilities not in ("sigmoid", "softmax"):
         raise ValueError(f"probabilities must be 'sigmoid' or 'softmax'; got {probabilities!r}")
-    rows, old = read_path_list(path_list, model_channels=model_channels)
+    rows, old = read_path_list(path_list, model_channels=model_channels, allow_remote=allow_remote,
+                               output_dir=output_dir)
     if not old and output_dir is None:
         raise ValueError("output_dir is required with the current CSV format (no output_folder column)")
+
+    def prefix_path(r: PathListRow) -> Path:
+        if output_dir is not None:
+            return Path(output_dir) / (r.output_folder or "") / r.output_prefix
+        return Path(r.output_folder or ".") / r.output_prefix
+
+    def root_of(r: PathListRow) -> Path:
+        return Path(output_dir) if output_dir is not None else Path(r.output_folder or ".")
+
+    for r in rows:  # symbolic links inside the folder may still lead out of it: resolve, before any write
+        root = root_of(r).resolve()
+        target = prefix_path(r).resolve()
+        if target != root and root not in target.parents:
+            raise LayoutError(f"output_prefix {r.output_prefix!r} resolves to {target}, outside the output folder "
+                              f"{root} (through a symbolic link)", path=path_list, line=r.line,
+                              column="output_prefix")
     name = f"{model_channels}/{MODEL_TYPES[model_type]}"
     if model is None:
         if update_model:
@@ -260,11 +340,8 @@ def run_portable(
                  f"probabilities={probabilities}"]
     base_dir = Path(path_list).resolve().parent
 
-    def prefix_path(r: PathListRow) -> Path:
-        return (Path(r.output_folder) if old and r.output_folder else out_root) / r.output_prefix
-
     def load(r: PathListRow) -> np.ndarray:
-        chans = [read_grayscale(r.paths[c], base_dir=base_dir) for c in model_channels]
+        chans = [read_grayscale(r.paths[c], base_dir=base_dir, allow_remote=allow_remote) for c in model_channels]
         shapes = {c.shape for c in chans}
         if len(shapes) != 1:
             raise ValueError(f"{path_list} line {r.line}: channel images differ in size {sorted(shapes)}")

@@ -6,7 +6,14 @@ Cache folder (resolved at call time): the ``cache_dir`` argument, else ``$SUBCEL
 
 Integrity: a file's expected SHA-256 is the model card's (where published) or, failing that, the one recorded
 in ``<cache>/hashes.json`` when this code first downloaded it. A file that mismatches either is refused. A file
-with no known hash that is already in the cache (e.g. copied there by hand) is used, with an info message.
+with no known hash that is already in the cache (e.g. copied there by hand) is used.
+
+Trust: only a match with a *published* hash (the model card's) counts as verified. A recorded hash (trust on
+first download, or ``models verify --record``) only proves the file has not changed since; it lives in the same
+folder as the file and proves nothing about its origin. Such files are reported as unverified
+(:attr:`ModelFiles.unverified`, ``ModelFiles.provenance()``, a warning at load) and, like every weight file,
+are read as plain tensors only: :func:`subcell_screen.embed.model.load_checkpoint_file` uses
+``torch.load(weights_only=True)`` and never unpickles arbitrary objects, whatever the hash says.
 
 Downloads stream to ``<cache>/.<name>.part``, resume with an HTTP ``Range`` request after a dropped connection
 (or in a later process), are verified, then renamed into place; nothing is downloaded at import time.
@@ -74,7 +81,10 @@ class ModelFiles:
     sha256 : dict
         File name -> SHA-256 (verified, recorded, or computed now for unverified files).
     verified : dict
-        File name -> how it was checked: ``"card"``, ``"recorded"``, ``"unverified"``.
+        File name -> how it was checked: ``"card"`` (matches the published hash: the only verified state),
+        ``"recorded"`` (matches the hash recorded at its first download or by ``models verify --record``),
+        ``"new"`` (downloaded now, no published hash), ``"unverified"`` (no hash known) or ``"synthetic"``
+        (a test checkpoint).
     """
 
     card: ModelCard
@@ -84,8 +94,28 @@ class ModelFiles:
     verified: dict
 
     def to_dict(self) -> dict[str, str]:
-        """File name -> SHA-256 of the loaded files (provenance)."""
+        """File name -> SHA-256 of the loaded files (see :meth:`provenance` for how each was checked)."""
         return dict(self.sha256)
+
+    @property
+    def unverified(self) -> tuple[str, ...]:
+        """Files not matched against a published hash, in load order (encoder first)."""
+        return tuple(f for f in self.sha256 if self.verified.get(f) != "card")
+
+    def provenance(self) -> dict:
+        """JSON-able provenance of the weights: for the run's ``models`` record, the run summary and reports.
+
+        Returns
+        -------
+        dict
+            ``{"model": name, "verified": bool, "unverified": [file, ...],
+            "files": {file: {"sha256": hex, "check": how, "verified": bool}}}``; ``verified`` is True only when
+            every file matched the model card's published SHA-256 (see :attr:`verified` for ``check``).
+        """
+        files = {f: {"sha256": str(h), "check": str(self.verified.get(f, "unverified")),
+                     "verified": self.verified.get(f) == "card"} for f, h in self.sha256.items()}
+        return {"model": self.card.name, "verified": not self.unverified, "unverified": list(self.unverified),
+                "files": files}
 
 
 @dataclass(frozen=True)
@@ -436,7 +466,13 @@ def ensure_model_files(
         paths.append(path)
         hashes[fname] = digest
         how[fname] = verified
-    return ModelFiles(card=card, encoder=paths[0], classifiers=tuple(paths[1:]), sha256=hashes, verified=how)
+    files = ModelFiles(card=card, encoder=paths[0], classifiers=tuple(paths[1:]), sha256=hashes, verified=how)
+    loose = [f for f in files.unverified if how[f] != "synthetic"]
+    if loose:
+        logger.warning("model %s: %s %s no published SHA-256 (%s); read as plain tensors only and marked "
+                       "unverified in the run's provenance", card.name, ", ".join(loose),
+                       "has" if len(loose) == 1 else "have", ", ".join(f"{f}: {how[f]}" for f in loose))
+    return files
 
 
 def verify_model_files(

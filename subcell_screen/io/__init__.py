@@ -14,13 +14,24 @@ is_plausible_pixel_size(value) -> bool
     Pixel sizes outside :data:`PLAUSIBLE_PIXEL_SIZE_UM` (0.05-5 µm/px) found in metadata are never used; each
     :class:`SiteRecord` says where its pixel size came from (``pixel_size_source``).
 
-Errors: :class:`ReaderError` (no reader matched), :class:`SiteLoadError` (one site failed),
+Errors: :class:`ReaderError` (no reader matched), :class:`SiteLoadError` (one site failed; subclasses
+:class:`ImageTooLargeError`, :class:`NonFiniteSiteError`, :class:`MixedDtypeError` say why),
 :class:`PlateUnreadableError` (no site of a plate could be loaded).
+
+Limits: :data:`MAX_PLANE_PIXELS` (2**28 pixels per plane) and :data:`MAX_FILE_PIXELS` (2**30 per file) are
+checked on each file's header before pixels are allocated.
 """
 
 from __future__ import annotations
 
-from ._errors import PlateUnreadableError, ReaderError, SiteLoadError
+from ._errors import (
+    ImageTooLargeError,
+    MixedDtypeError,
+    NonFiniteSiteError,
+    PlateUnreadableError,
+    ReaderError,
+    SiteLoadError,
+)
 from ._types import SiteImage, SiteIndex, SiteRecord
 
 __all__ = [
@@ -39,10 +50,15 @@ __all__ = [
     "IlluminationFunctions",
     "ReaderError",
     "SiteLoadError",
+    "ImageTooLargeError",
+    "NonFiniteSiteError",
+    "MixedDtypeError",
     "PlateUnreadableError",
     "PLAUSIBLE_PIXEL_SIZE_UM",
     "PixelSize",
     "is_plausible_pixel_size",
+    "MAX_PLANE_PIXELS",
+    "MAX_FILE_PIXELS",
 ]
 
 _LAZY = {
@@ -59,6 +75,8 @@ _LAZY = {
     "PLAUSIBLE_PIXEL_SIZE_UM": "._metadata",
     "PixelSize": "._metadata",
     "is_plausible_pixel_size": "._metadata",
+    "MAX_PLANE_PIXELS": "._load",
+    "MAX_FILE_PIXELS": "._load",
 }
 
 

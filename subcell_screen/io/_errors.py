@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .._errors import SubcellScreenError
 
-__all__ = ["ReaderError", "SiteLoadError", "PlateUnreadableError"]
+__all__ = ["ReaderError", "SiteLoadError", "ImageTooLargeError", "NonFiniteSiteError", "MixedDtypeError",
+           "PlateUnreadableError"]
 
 
 class ReaderError(SubcellScreenError, ValueError):
@@ -48,11 +49,28 @@ class SiteLoadError(SubcellScreenError, OSError):
         super().__init__(f"{prefix}: {reason}" if prefix else reason)
 
     def __reduce__(self):  # keep pickling (process pools, Ray) working with keyword-only arguments
-        return (_rebuild_site_load_error, (self.reason, self.key, self.path))
+        return (_rebuild_site_load_error, (self.reason, self.key, self.path, type(self)))
 
 
-def _rebuild_site_load_error(reason: str, key, path) -> SiteLoadError:
-    return SiteLoadError(reason, key=key, path=path)
+def _rebuild_site_load_error(reason: str, key, path, cls=None) -> SiteLoadError:
+    return (cls or SiteLoadError)(reason, key=key, path=path)
+
+
+class ImageTooLargeError(SiteLoadError):
+    """A channel file declares more pixels than the limit (checked on the header, before any allocation).
+
+    See :data:`subcell_screen.io.MAX_PLANE_PIXELS` and :data:`subcell_screen.io.MAX_FILE_PIXELS`.
+    """
+
+
+class NonFiniteSiteError(SiteLoadError):
+    """A site's (floating-point) pixels contain NaN or infinity; it would poison means, medians and the
+    plate's illumination functions."""
+
+
+class MixedDtypeError(SiteLoadError):
+    """A site's dtype differs from the one most sites of its plate have; intensity features would be on
+    another scale (e.g. float 0..1 against uint16 0..65535), so the site is refused."""
 
 
 class PlateUnreadableError(SubcellScreenError, RuntimeError):

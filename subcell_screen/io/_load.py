@@ -1,8 +1,17 @@
 """Loading sites: one site -> ``(C, H, W)`` array, prefetching iteration, and a per-site health check.
 
 Every failure of one site (missing or unreadable channel file, truncated or corrupt TIFF, channels that
-disagree in shape or dtype) becomes a :class:`SiteLoadError` naming the site and the file, so that callers can
+disagree in shape or dtype, a header declaring more pixels than the limit, NaN or infinite pixels, a dtype
+other than its plate's) becomes a :class:`SiteLoadError` naming the site and the file, so that callers can
 record it and go on with the other sites.
+
+Size limits, checked on each file's header before any pixel is allocated (a 300-byte TIFF can declare
+60000 x 60000 pixels): at most :data:`MAX_PLANE_PIXELS` pixels per plane (2**28 = 268,435,456, e.g.
+16384 x 16384; 512 MiB as uint16) and :data:`MAX_FILE_PIXELS` in a whole file (2**30, e.g. 16 channels of
+8192 x 8192 in one OME-TIFF). Microscope fields are far smaller (a 2160 x 2160 sCMOS field is 4.7 M pixels);
+whole-slide or stitched-plate images must be tiled into sites first. ``max_plane_pixels=`` on
+:func:`load_site`, :func:`probe_site`, :func:`iter_sites` and :func:`check_sites` changes the per-plane limit
+(the file limit is then at least as large); the module constants are read at call time.
 """
 
 from __future__ import annotations
@@ -17,12 +26,24 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import PlateUnreadableError, SiteLoadError
+from ._errors import (
+    ImageTooLargeError,
+    MixedDtypeError,
+    NonFiniteSiteError,
+    PlateUnreadableError,
+    SiteLoadError,
+)
 from ._types import SiteImage, SiteIndex, SiteRecord
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_site", "probe_site", "iter_sites", "check_sites", "SiteCheckReport"]
+__all__ = ["load_site", "probe_site", "iter_sites", "check_sites", "SiteCheckReport", "MAX_PLANE_PIXELS",
+           "MAX_FILE_PIXELS"]
+
+#: Most pixels one plane (Y x X) of a channel file may declare (2**28: 16384 x 16384).
+MAX_PLANE_PIXELS = 2 ** 28
+#: Most pixels a whole channel file may declare, all planes and samples together (2**30).
+MAX_FILE_PIXELS = 2 ** 30
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
 _HPA_COLOR = re.compile(r"_(red|yellow|blue|green)\.[^.]+$", re.IGNORECASE)
@@ -40,10 +61,12 @@ def _split_channel_path(path: str) -> tuple[str, int | None]:
 class _Source:
     """One channel file, opened lazily: header (shape, dtype) first, pixels on demand."""
 
-    def __init__(self, path: str, key: tuple[str, str, int], maxworkers: int | None) -> None:
+    def __init__(self, path: str, key: tuple[str, str, int], maxworkers: int | None,
+                 max_plane_pixels: int | None = None) -> None:
         self.path = path
         self.key = key
         self.maxworkers = maxworkers
+        self.max_plane_pixels = max_plane_pixels
         self._tif = None
         self._array: np.ndarray | None = None  # decoded (C, H, W) or (H, W[, S]) for non-TIFF / multi-channel
         self.shape: tuple[int, ...] = ()
@@ -84,6 +107,9 @@ class _Source:
         if not tif.series:
             raise self.fail("TIFF has no image series")
         series = tif.series[0]
+        self.shape = tuple(series.shape)
+        self.axes = series.axes
+        self._check_size()  # before walking the pages of a file that may declare millions of them
         size = tif.filehandle.size
         for page in series.pages:
             if page is None:
@@ -103,14 +129,42 @@ class _Source:
 
         try:
             with Image.open(self.path) as im:
+                w, h = im.size
+                self.shape, self.axes = (h, w, len(im.getbands())), "YXS"
+                self._check_size()  # the header only: nothing decoded yet
                 im.load()
                 arr = np.asarray(im)
         except PermissionError:
             raise self.fail("permission denied") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"image too large to decode ({exc})", key=self.key, path=self.path) from None
         self._array = arr
         self.shape = arr.shape
         self.dtype = arr.dtype
         self.axes = "YX" if arr.ndim == 2 else "YXS"
+
+    def _check_size(self) -> None:
+        """Refuse a header that declares more pixels than the limits (nothing is allocated yet)."""
+        if not self.shape:
+            return
+        dims = dict(zip(self.axes, self.shape))
+        if "Y" in dims and "X" in dims:
+            h, w = dims["Y"], dims["X"]
+        else:
+            h, w = self.shape[-2:] if len(self.shape) >= 2 else (1, self.shape[0])
+        plane_limit = MAX_PLANE_PIXELS if self.max_plane_pixels is None else int(self.max_plane_pixels)
+        file_limit = max(MAX_FILE_PIXELS, plane_limit)
+        plane, total = int(h) * int(w), int(np.prod(self.shape, dtype=object))
+        if plane > plane_limit:
+            raise ImageTooLargeError(
+                f"image declares {h}x{w} pixels per plane ({plane:,} pixels), over the limit of {plane_limit:,} "
+                "pixels per plane (subcell_screen.io.MAX_PLANE_PIXELS, or max_plane_pixels=); a corrupt or "
+                "hostile header, or an image that must be tiled into sites first", key=self.key, path=self.path)
+        if total > file_limit:
+            raise ImageTooLargeError(
+                f"file declares shape {self.shape} (axes {self.axes}): {total:,} pixels, over the limit of "
+                f"{file_limit:,} pixels per file (subcell_screen.io.MAX_FILE_PIXELS)", key=self.key,
+                path=self.path)
 
     # -- geometry of one plane --------------------------------------------------------------------------
 
@@ -202,7 +256,8 @@ def _resolve_channels(record: SiteRecord, channels: Sequence[str] | None) -> lis
     return out
 
 
-def _open_sources(record: SiteRecord, chans: list[tuple[str, str]], maxworkers: int | None
+def _open_sources(record: SiteRecord, chans: list[tuple[str, str]], maxworkers: int | None,
+                  max_plane_pixels: int | None = None
                   ) -> tuple[dict[str, _Source], list[tuple[str, _Source, int | None]]]:
     sources: dict[str, _Source] = {}
     plan = []
@@ -211,7 +266,7 @@ def _open_sources(record: SiteRecord, chans: list[tuple[str, str]], maxworkers: 
             file, index = _split_channel_path(path)
             src = sources.get(file)
             if src is None:
-                src = _Source(file, record.key, maxworkers)
+                src = _Source(file, record.key, maxworkers, max_plane_pixels)
                 sources[file] = src
                 src.open()
             plan.append((name, src, index))
@@ -241,11 +296,15 @@ def _check_geometry(record: SiteRecord, plan) -> tuple[tuple[int, int], np.dtype
     return ref[2], ref[1].dtype
 
 
-def probe_site(record: SiteRecord, *, channels: Sequence[str] | None = None) -> tuple[tuple[int, int, int], np.dtype]:
+def probe_site(record: SiteRecord, *, channels: Sequence[str] | None = None,
+               max_plane_pixels: int | None = None) -> tuple[tuple[int, int, int], np.dtype]:
     """Check a site's files without decoding pixels.
 
-    Catches missing, unreadable, truncated and non-image files and shape/dtype disagreements between
-    channels (not corrupt compressed data inside an intact file: :func:`load_site` finds that).
+    Catches missing, unreadable, truncated and non-image files, headers that declare more pixels than the
+    limit (:class:`ImageTooLargeError`) and shape/dtype disagreements between channels (not corrupt compressed
+    data inside an intact file, nor NaN pixels: :func:`load_site` finds those).
+
+    ``max_plane_pixels`` overrides :data:`MAX_PLANE_PIXELS`.
 
     Returns
     -------
@@ -260,7 +319,7 @@ def probe_site(record: SiteRecord, *, channels: Sequence[str] | None = None) -> 
     chans = _resolve_channels(record, channels)
     if not chans:
         raise SiteLoadError("site has no channels", key=record.key)
-    sources, plan = _open_sources(record, chans, 1)
+    sources, plan = _open_sources(record, chans, 1, max_plane_pixels)
     try:
         (h, w), dtype = _check_geometry(record, plan)
     finally:
@@ -270,19 +329,25 @@ def probe_site(record: SiteRecord, *, channels: Sequence[str] | None = None) -> 
 
 
 def _load(record: SiteRecord, *, channels: Sequence[str] | None, illumination: Mapping[str, np.ndarray] | None,
-          maxworkers: int | None) -> SiteImage:
+          maxworkers: int | None, max_plane_pixels: int | None = None) -> SiteImage:
     chans = _resolve_channels(record, channels)
     if not chans:
         raise SiteLoadError("site has no channels", key=record.key)
-    sources, plan = _open_sources(record, chans, maxworkers)
+    sources, plan = _open_sources(record, chans, maxworkers, max_plane_pixels)
     try:
         (h, w), dtype = _check_geometry(record, plan)
-        data = np.empty((len(plan), h, w), dtype=dtype)
-        for i, (_, src, index) in enumerate(plan):
-            src.read(index, data[i])
+        try:
+            data = np.empty((len(plan), h, w), dtype=dtype)
+            for i, (_, src, index) in enumerate(plan):
+                src.read(index, data[i])
+        except MemoryError:  # within the limits, but not in this worker's memory: this site fails, not the run
+            raise SiteLoadError(f"out of memory loading {len(plan)}x{h}x{w} {np.dtype(dtype).name} pixels",
+                                key=record.key, path=plan[0][1].path) from None
     finally:
         for s in sources.values():
             s.close()
+    if data.dtype.kind in "fc":
+        _check_finite(record, data, plan)
     image = SiteImage(data=data, channel_names=tuple(n for n, _, _ in plan), pixel_size_um=record.pixel_size_um,
                       record=record)
     if illumination:
@@ -291,12 +356,27 @@ def _load(record: SiteRecord, *, channels: Sequence[str] | None, illumination: M
         try:
             image = apply_illumination(image, illumination)
         except ValueError as exc:
-            raise SiteLoadError(f"illumination correction failed: {exc}", key=record.key) from exc
+            raise SiteLoadError(f"illumination correction failed: {exc}", key=record.key,
+                                path=plan[0][1].path) from exc
     return image
 
 
+def _check_finite(record: SiteRecord, data: np.ndarray, plan) -> None:
+    """Refuse NaN/inf pixels: they poison every mean, median and the plate's illumination functions."""
+    bad = ~np.isfinite(data).reshape(len(plan), -1).all(axis=1)
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    name, src, _ = plan[i]
+    n = int(np.count_nonzero(~np.isfinite(data[i])))
+    others = [plan[j][0] for j in np.flatnonzero(bad)[1:]]
+    more = f" (also channel(s) {', '.join(others)})" if others else ""
+    raise NonFiniteSiteError(f"channel {name!r} has {n:,} of {data[i].size:,} pixels NaN or infinite{more}; "
+                             "sites with non-finite pixels are not measured", key=record.key, path=src.path)
+
+
 def load_site(record: SiteRecord, *, illumination: Mapping[str, np.ndarray] | None = None,
-              channels: Sequence[str] | None = None) -> SiteImage:
+              channels: Sequence[str] | None = None, max_plane_pixels: int | None = None) -> SiteImage:
     """Load one site as a ``(C, H, W)`` array.
 
     Parameters
@@ -310,6 +390,8 @@ def load_site(record: SiteRecord, *, illumination: Mapping[str, np.ndarray] | No
         converted to float32 unchanged.
     channels
         Load only these channels, in this order (case-insensitive names); default all, in acquisition order.
+    max_plane_pixels
+        Per-plane pixel limit checked on the headers (default :data:`MAX_PLANE_PIXELS`).
 
     Returns
     -------
@@ -321,9 +403,11 @@ def load_site(record: SiteRecord, *, illumination: Mapping[str, np.ndarray] | No
     ------
     SiteLoadError
         A channel file is missing, unreadable, truncated or corrupt, or channels disagree in shape or dtype.
-        The message names the site and the file.
+        The message names the site and the file. Subclasses: :class:`ImageTooLargeError` (a header declares
+        more pixels than the limit), :class:`NonFiniteSiteError` (NaN or infinite pixels).
     """
-    return _load(record, channels=channels, illumination=illumination, maxworkers=None)
+    return _load(record, channels=channels, illumination=illumination, maxworkers=None,
+                 max_plane_pixels=max_plane_pixels)
 
 
 def _illumination_for(illumination, plate: str, warned: set | None = None):
@@ -342,7 +426,8 @@ def _illumination_for(illumination, plate: str, warned: set | None = None):
 def iter_sites(records: Iterable[SiteRecord] | SiteIndex, *,
                illumination: Mapping[str, Any] | None = None, channels: Sequence[str] | None = None,
                prefetch: int | None = None, workers: int | None = None, raise_on_unreadable_plate: bool = True,
-               progress: bool | None = None) -> Iterator[tuple[SiteRecord, SiteImage | SiteLoadError]]:
+               progress: bool | None = None, max_plane_pixels: int | None = None
+               ) -> Iterator[tuple[SiteRecord, SiteImage | SiteLoadError]]:
     """Load sites ahead of use in background threads, in order, never stopping at a bad site.
 
     TIFF decoding (imagecodecs) releases the GIL, so threads overlap disk reads and decompression with the
@@ -365,6 +450,8 @@ def iter_sites(records: Iterable[SiteRecord] | SiteIndex, *,
         its failures have been yielded first, so the caller has recorded them).
     progress
         Show a progress bar (tqdm); default: only when logging at INFO.
+    max_plane_pixels
+        Per-plane pixel limit (default :data:`MAX_PLANE_PIXELS`).
 
     Yields
     ------
@@ -383,7 +470,7 @@ def iter_sites(records: Iterable[SiteRecord] | SiteIndex, *,
     def job(rec: SiteRecord):
         try:
             return _load(rec, channels=channels, illumination=_illumination_for(illumination, rec.plate, warned),
-                         maxworkers=1 if workers > 1 else None)
+                         maxworkers=1 if workers > 1 else None, max_plane_pixels=max_plane_pixels)
         except SiteLoadError as exc:
             return exc
 
@@ -498,8 +585,14 @@ class SiteCheckReport:
 
 def check_sites(index: SiteIndex | Iterable[SiteRecord], *, store=None, decode: bool = False,
                 workers: int | None = None, raise_on_unreadable_plate: bool = True,
-                progress: bool | None = None) -> SiteCheckReport:
+                progress: bool | None = None, max_plane_pixels: int | None = None) -> SiteCheckReport:
     """Check that every site loads; record the outcome in a screen store.
+
+    Besides each site's own files, one rule spans a plate: all its sites must have one dtype. A plate's
+    dtype is the one most of its readable sites have (a tie goes to the first such site in index order);
+    sites of another dtype fail with :class:`MixedDtypeError`, naming the site, its file and both dtypes.
+    (Features of a float site in 0..1 and of uint16 sites in 0..65535 would be on scales 65535 apart, and no
+    rescaling rule is safe without knowing how the float file was made.)
 
     Parameters
     ----------
@@ -517,6 +610,9 @@ def check_sites(index: SiteIndex | Iterable[SiteRecord], *, store=None, decode: 
         Threads (default ``min(4, cpu_count)``).
     raise_on_unreadable_plate
         Raise :class:`PlateUnreadableError` (after writing the store) when a plate has no readable site.
+    max_plane_pixels
+        Per-plane pixel limit (default :data:`MAX_PLANE_PIXELS`): larger files fail with
+        :class:`ImageTooLargeError` before anything is allocated.
 
     Returns
     -------
@@ -527,12 +623,13 @@ def check_sites(index: SiteIndex | Iterable[SiteRecord], *, store=None, decode: 
         workers = min(4, os.cpu_count() or 1)
     results: list[tuple[SiteRecord, tuple | SiteLoadError]] = []
     if decode:
-        for rec, res in iter_sites(recs, workers=workers, raise_on_unreadable_plate=False, progress=progress):
+        for rec, res in iter_sites(recs, workers=workers, raise_on_unreadable_plate=False, progress=progress,
+                                   max_plane_pixels=max_plane_pixels):
             results.append((rec, res if isinstance(res, SiteLoadError) else (res.data.shape, res.data.dtype)))
     else:
         def job(rec):
             try:
-                return probe_site(rec)
+                return probe_site(rec, max_plane_pixels=max_plane_pixels)
             except SiteLoadError as exc:
                 return exc
 
@@ -553,6 +650,7 @@ def check_sites(index: SiteIndex | Iterable[SiteRecord], *, store=None, decode: 
         if bar is not None:
             bar.close()
 
+    results = _refuse_minority_dtypes(results)
     plates: dict[str, list[int]] = {}
     shapes: dict[tuple, int] = {}
     dtypes: dict[str, int] = {}
@@ -581,6 +679,34 @@ def check_sites(index: SiteIndex | Iterable[SiteRecord], *, store=None, decode: 
                 by_plate.setdefault(key[0], []).append(msg)
             raise PlateUnreadableError(_dead_plates_message(dead, by_plate), plates=tuple(dead), report=report)
     return report
+
+
+def _refuse_minority_dtypes(results: list[tuple[SiteRecord, Any]]) -> list[tuple[SiteRecord, Any]]:
+    """Turn readable sites whose dtype is not their plate's into :class:`MixedDtypeError` results."""
+    counts: dict[str, dict[str, int]] = {}
+    for rec, res in results:
+        if not isinstance(res, SiteLoadError):
+            by_dtype = counts.setdefault(rec.plate, {})
+            name = np.dtype(res[1]).name
+            by_dtype[name] = by_dtype.get(name, 0) + 1
+    mixed = {p: c for p, c in counts.items() if len(c) > 1}
+    if not mixed:
+        return results
+    main = {p: max(c, key=c.get) for p, c in mixed.items()}  # dicts keep first-seen order: ties -> first site
+    out = []
+    for rec, res in results:
+        plate = rec.plate
+        if plate in main and not isinstance(res, SiteLoadError) and np.dtype(res[1]).name != main[plate]:
+            dt, n_main, n_ok = np.dtype(res[1]).name, mixed[plate][main[plate]], sum(mixed[plate].values())
+            path = _split_channel_path(next(iter(rec.channels.values())))[0] if rec.channels else None
+            res = MixedDtypeError(
+                f"site is {dt}, but {n_main} of plate {plate}'s {n_ok} readable sites are {main[plate]}; one plate "
+                f"must have one dtype (intensity features of {dt} and {main[plate]} pixels are on different "
+                f"scales). Convert this site's files to {main[plate]}, or give them a plate of their own",
+                key=rec.key, path=path)
+            logger.warning("%s", res)
+        out.append((rec, res))
+    return out
 
 
 def _record_in_store(store, results) -> None:

@@ -5,8 +5,14 @@ Recipe (``compute_illumination``; the same recipe as CellProfiler's ``CorrectIll
 median by default):
 
 1. **Sites.** All sites of the plate; for ``method="median"`` at most ``max_sites`` of them, evenly spaced over
-   the plate in index (plate, well, site) order, so that memory stays bounded. Sites that fail to load are
-   skipped (and logged); a plate with no loadable site raises :class:`~subcell_screen.io.PlateUnreadableError`.
+   the plate in index (plate, well, site) order, so that memory stays bounded. Sites that fail to load
+   (including sites with NaN or infinite pixels, :class:`~subcell_screen.io.NonFiniteSiteError`) are skipped;
+   so are sites whose shape ``(H, W)`` or dtype differs from the plate's, which is the most common
+   ``(shape, dtype)`` among the loaded sites (a tie goes to the first site's). Every skipped site is named, with
+   the reason, in :attr:`IlluminationFunctions.excluded`, so that one odd site neither stops the plate nor
+   changes the other sites' correction; loading a site of another shape with the functions then fails that
+   site only (:class:`~subcell_screen.io.SiteLoadError`). A plate with no loadable site raises
+   :class:`~subcell_screen.io.PlateUnreadableError`.
 2. **Downsample.** Each channel is converted to float32 and block-averaged by an integer factor ``d``
    (``downsample``; default ``max(1, round(min(H, W) / 256))``, i.e. 4 for 1080x1080 sites). Rows/columns
    that do not fill a whole block are dropped at this stage only.
@@ -60,12 +66,17 @@ class IlluminationFunctions(Mapping):
         Sites that entered the average.
     recipe : Mapping[str, object]
         JSON-able parameters of the recipe (for ``ScreenStore.write_illumination``).
+    excluded : Mapping[tuple[str, str, int], str]
+        ``(plate, well, site)`` -> why the site is not in the functions: it failed to load (missing, corrupt,
+        NaN pixels, ...), or its shape or dtype is not the plate's. Only sites that were looked at (all, or the
+        ``max_sites`` sample of the median recipe).
     """
 
     functions: Mapping[str, np.ndarray]
     plate: str
     n_sites: int
     recipe: Mapping[str, object] = field(default_factory=dict)
+    excluded: Mapping[tuple[str, str, int], str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.functions[key]
@@ -99,6 +110,30 @@ def _upsample(small: np.ndarray, shape: tuple[int, int], d: int) -> np.ndarray:
     xs = (np.arange(shape[1], dtype=np.float32) - (d - 1) / 2) / d
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     return map_coordinates(small, [yy, xx], order=1, mode="nearest").astype(np.float32)
+
+
+@dataclass
+class _Group:
+    """Running average input of the sites of one (shape, dtype)."""
+
+    shape: tuple[int, int]
+    dtype: str
+    d: int
+    pixel_size: float | None
+    stacks: dict[str, list[np.ndarray]]
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    keys: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def add(self, key: tuple[str, str, int], data: np.ndarray, names: Sequence[str], method: str) -> None:
+        for i, c in enumerate(names):
+            small = _block_mean(data[i], self.d)
+            if method == "median":
+                self.stacks[c].append(small)
+            elif c in self.sums:
+                self.sums[c] += small
+            else:
+                self.sums[c] = small.astype(np.float64)
+        self.keys.append(key)
 
 
 def _select(records: list[SiteRecord], max_sites: int | None) -> list[SiteRecord]:
@@ -149,9 +184,12 @@ def compute_illumination(index_or_records: SiteIndex | Iterable[SiteRecord], *, 
     Raises
     ------
     ValueError
-        No site of ``plate``; unknown ``method``; sites of different shapes.
+        No site of ``plate``; unknown ``method``.
     PlateUnreadableError
         No site of the plate could be loaded.
+
+    Sites that fail to load, or whose shape or dtype is not the plate's, are left out and named in
+    ``.excluded`` (see the module docstring); they never change the other sites' functions.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -167,43 +205,44 @@ def compute_illumination(index_or_records: SiteIndex | Iterable[SiteRecord], *, 
     use = _select(records, max_sites if method == "median" else None)
     names = tuple(channels) if channels is not None else tuple(records[0].channels)
 
-    d = downsample
-    shape: tuple[int, int] | None = None
-    stacks: dict[str, list[np.ndarray]] = {c: [] for c in names}
-    sums: dict[str, np.ndarray] = {}
-    n = 0
-    pixel_size = None
-    failures = []
+    # one accumulator per (shape, dtype): the plate's is the most common, known only at the end
+    groups: dict[tuple, _Group] = {}
+    failures: dict[tuple[str, str, int], str] = {}
     for rec, img in iter_sites(use, channels=names, workers=workers, raise_on_unreadable_plate=False,
                                progress=progress):
         if isinstance(img, SiteLoadError):
-            failures.append(str(img))
+            failures[rec.key] = str(img)
             continue
         h, w = img.data.shape[1:]
-        if shape is None:
-            shape = (h, w)
-            pixel_size = img.pixel_size_um
-            if d is None:
-                d = max(1, int(round(min(h, w) / 256)))
-            d = max(1, min(int(d), h, w))
-        elif (h, w) != shape:
-            raise ValueError(f"plate {plate}: site {rec.well} s{rec.site} is {h}x{w}, earlier sites are "
-                             f"{shape[0]}x{shape[1]}; illumination functions need one site shape per plate")
-        for i, c in enumerate(names):
-            small = _block_mean(img.data[i], d)
-            if method == "median":
-                stacks[c].append(small)
-            elif c in sums:
-                sums[c] += small
-            else:
-                sums[c] = small.astype(np.float64)
-        n += 1
-    if n == 0:
+        gkey = ((h, w), img.data.dtype.name)
+        group = groups.get(gkey)
+        if group is None:
+            d = max(1, min(int(downsample if downsample is not None else round(min(h, w) / 256)), h, w))
+            group = groups[gkey] = _Group(shape=(h, w), dtype=img.data.dtype.name, d=d,
+                                          pixel_size=img.pixel_size_um, stacks={c: [] for c in names})
+        group.add(rec.key, img.data, names, method)
+    if not groups:
+        first = next(iter(failures.values()))
         raise PlateUnreadableError(f"plate {plate}: none of its {len(use)} site(s) could be loaded for the "
-                                   f"illumination functions; first error: {failures[0]}", plates=(plate,))
-    if failures:
-        logger.warning("plate %s: illumination functions from %d site(s); %d failed to load", plate, n,
-                       len(failures))
+                                   f"illumination functions; first error: {first}", plates=(plate,))
+    # most sites wins; a tie goes to the group seen first (index order), as dicts keep insertion order
+    main = max(groups.values(), key=lambda g: len(g.keys))
+    excluded = dict(failures)
+    for g in groups.values():
+        if g is main:
+            continue
+        what = (f"is {g.shape[0]}x{g.shape[1]}" if g.shape != main.shape else f"has dtype {g.dtype}")
+        for key in g.keys:
+            excluded[key] = (f"site {key[1]} s{key[2]} {what}, but {len(main.keys)} of plate {plate}'s sites are "
+                             f"{main.shape[0]}x{main.shape[1]} {main.dtype}; left out of the illumination "
+                             "functions")
+    if excluded:
+        logger.warning("plate %s: illumination functions from %d site(s); %d left out (%s)", plate,
+                       len(main.keys), len(excluded),
+                       "; ".join(f"{k[1]} s{k[2]}: {v}" for k, v in list(excluded.items())[:3])
+                       + (" ..." if len(excluded) > 3 else ""))
+    shape, d, n, pixel_size = main.shape, main.d, len(main.keys), main.pixel_size
+    stacks, sums = main.stacks, main.sums
     if smoothing_um is not None and pixel_size:
         sigma = float(smoothing_um) / float(pixel_size)
     else:
@@ -225,10 +264,12 @@ def compute_illumination(index_or_records: SiteIndex | Iterable[SiteRecord], *, 
             f = np.maximum(full / np.float32(lo), np.float32(1.0)).astype(np.float32)
         functions[c] = f
     recipe = {"version": RECIPE_VERSION, "method": method, "n_sites": n, "n_failed": len(failures),
+              "n_excluded": len(excluded),
+              "excluded_sites": [f"{k[1]} s{k[2]}" for k in sorted(excluded, key=lambda k: (k[1], k[2]))],
               "max_sites": max_sites if method == "median" else None, "downsample": d, "filter": "gaussian",
               "sigma_px": sigma, "smoothing_um": smoothing_um, "smoothing_fraction": smoothing_fraction,
               "pixel_size_um": pixel_size, "robust_percentile": robust_percentile, "scale": "robust_minimum_1"}
-    return IlluminationFunctions(functions=functions, plate=plate, n_sites=n, recipe=recipe)
+    return IlluminationFunctions(functions=functions, plate=plate, n_sites=n, recipe=recipe, excluded=excluded)
 
 
 def apply_illumination(site_image: SiteImage, functions: Mapping[str, np.ndarray]) -> SiteImage:
@@ -260,8 +301,10 @@ def apply_illumination(site_image: SiteImage, functions: Mapping[str, np.ndarray
         if f is None:
             continue
         if f.shape != (h, w):
-            raise ValueError(f"illumination function of channel {name!r} is {f.shape[0]}x{f.shape[1]} but site "
-                             f"{site_image.record.key} is {h}x{w}")
+            where = (f"site {site_image.record.plate} {site_image.record.well} s{site_image.record.site}"
+                     if site_image.record is not None else "the site")
+            raise ValueError(f"illumination function of channel {name!r} is {f.shape[0]}x{f.shape[1]} but {where} "
+                             f"is {h}x{w} (the plate's functions are for its {f.shape[0]}x{f.shape[1]} sites)")
         data[i] /= np.asarray(f, dtype=np.float32)
     return SiteImage(data=data, channel_names=site_image.channel_names, pixel_size_um=site_image.pixel_size_um,
                      record=site_image.record)
