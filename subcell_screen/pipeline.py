@@ -996,7 +996,8 @@ def _run_profile(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
 
         batch_col = "Metadata_Batch" if "Metadata_Batch" in normalized.columns else "Metadata_Plate"
         if normalized[batch_col].n_unique() > 1:
-            normalized = correct_batch(normalized, by=batch_col, method="harmony")
+            normalized = correct_batch(normalized, batch_col=batch_col, method="harmony",
+                                       features=[c for c in normalized.columns if not c.startswith("Metadata_")])
         else:
             messages.append(f"batch correction skipped: one value of {batch_col}")
     for profile_set, frame in (("raw", wide), ("normalized", normalized)):
