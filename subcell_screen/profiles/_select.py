@@ -230,7 +230,7 @@ def features_to_exclude(
             exc = _drop_outliers(cur, outlier_cutoff)
         else:
             exc = _noise_removal(cur, rows, noise_removal_perturb_groups, noise_removal_stdev_cutoff)
-        out[op] = exc
+        out[op] = out.get(op, []) + [c for c in exc if c not in out.get(op, [])]  # an operation may repeat
         gone = set(exc)
         remaining = [f for f in remaining if f not in gone]
     return out
