@@ -8,8 +8,13 @@ Agreement with copairs (tested in ``tests/test_score_map.py``)
   copairs' key ``float32(1) - sim`` with positives ranked before negatives on ties (its stable lexsort over the
   concatenated positive-then-negative pair lists). AP = (1/P) * sum over positives of precision at their rank.
 * AP and normalized AP agree with copairs to ~1e-15 for float64 features (the only difference is the order of
-  float64 additions); ``n_pos_pairs``/``n_total_pairs`` are identical. For float32 features copairs computes
-  cosines in float32 (~1e-7 error), so near-ties may rank differently there.
+  float64 additions); ``n_pos_pairs``/``n_total_pairs`` are identical.
+* **Tie rule.** Similarities are always computed in float64 (float32 features are upcast first), then rounded
+  to float32; pairs with equal rounded similarity rank positives first. So the AP of float32 features equals
+  the AP of the same values as float64, and copairs' AP on float64. copairs computes float32 features' cosines
+  in float32, where exactly tied similarities (e.g. scaled copies of a profile) come out in a rounding-noise
+  order: on such ties its AP differs (0.5 instead of 0.75 in
+  ``tests/test_score_compat.py::test_tied_similarities_rank_positives_first_whatever_the_feature_dtype``).
 * mAP is the Kahan-summed group mean (as pandas' groupby mean); p-values use copairs' exact null draws (see
   :mod:`._null`), so for the same ``seed`` and ``null_size`` they are *equal* to copairs' with a fresh cache.
   BH correction: :func:`._multitest.fdr_bh`, bitwise equal to statsmodels' ``multipletests(method="fdr_bh")``
