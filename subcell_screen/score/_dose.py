@@ -264,6 +264,8 @@ def dose_response(
     ----------
     meta, feats
         Well-level metadata and normalised profiles.
+    controls : polars expression, mapping, query string or bool array
+        Negative-control rows (default :data:`~subcell_screen.profiles.NEGCON`).
     activity : {"projection", "effect_size", "map"}
         ``"projection"`` (default): each well's shift from the control mean projected on the series' response
         direction (mean shift at its top concentrations, leave-one-well-out, in control-sd units), fitted per

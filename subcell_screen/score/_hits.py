@@ -207,6 +207,10 @@ def hit_table(
     ----------
     meta, feats
         Well-level metadata and normalised profiles.
+    controls : polars expression, mapping, query string or bool array
+        Negative-control rows (default :data:`~subcell_screen.profiles.NEGCON`).
+    plate_col : str, optional
+        Plate column: cell counts are relative to the control median of each well's plate.
     activity : DataFrame, optional
         A precomputed :func:`phenotypic_activity` mAP table (grouped by ``pert_col``); computed if omitted.
     min_effect_size : float
