@@ -244,7 +244,8 @@ def aggregate(
     feats = [f for f in infer_features(cells, features, image_features=image_features) if f not in by]
     keys = polars_view(cells, by)
     codes, uniq = _sorted_groups(keys, by)
-    if not is_pandas(cells) and feats and all(cells.schema[f] == pl.Float32 for f in feats):
+    schema = None if is_pandas(cells) else cells.schema  # polars builds the schema on every access
+    if schema is not None and feats and all(schema[f] == pl.Float32 for f in feats):
         # float32 features stay float32 (half the memory; the kernel sorts 8 lanes per vector instead of 4);
         # medians and means are still computed in float64, so the numbers are the same
         x = pick_columns(cells, feats).to_numpy()

@@ -132,12 +132,12 @@ def annotate(
 
 
 def _join_external(out: pl.DataFrame, ext: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+    schema = ext.schema
+    nested = {c for c, t in schema.items() if isinstance(t, pl.List | pl.Array | pl.Struct | pl.Object)}
     protected = {c for c in ext.columns if c.startswith((METADATA_PREFIX, "Image_Metadata_"))}
-    protected |= {c for c in ext.columns if c.startswith(COMPARTMENTS) and not isinstance(
-        ext.schema[c], pl.List | pl.Array | pl.Struct | pl.Object)}
-    protected |= {c for c in ext.columns if c.startswith("Image") and not isinstance(
-        ext.schema[c], pl.List | pl.Array | pl.Struct | pl.Object) and (
-        not c.startswith("Image_") or ext.schema[c].is_numeric())}
+    protected |= {c for c in ext.columns if c.startswith(COMPARTMENTS) and c not in nested}
+    protected |= {c for c in ext.columns if c.startswith("Image") and c not in nested
+                  and (not c.startswith("Image_") or schema[c].is_numeric())}
     ext = _prefix_metadata(ext, protected)
     require_columns(out, on, name="annotated profiles (external_join_on)")
     require_columns(ext, on, name="external_metadata (external_join_on, after the Metadata_ prefix)")

@@ -290,29 +290,37 @@ def as_matrix(feats: Any, *, n: int | None = None, name: str = "feats") -> np.nd
 # -- features -----------------------------------------------------------------------------------------------
 
 
-def _kind(profiles: Any, col: str) -> str:
-    """``numeric``, ``bool``, ``text`` or ``other`` (nested payloads, dates ...) for one column."""
+def _kinds(profiles: Any, cols: Sequence[str]) -> dict[str, str]:
+    """``numeric``, ``bool``, ``text`` or ``other`` (nested payloads, dates ...) for each of ``cols``."""
     if is_pandas(profiles):
         import pandas as pd
 
-        s = profiles[col]
-        if pd.api.types.is_bool_dtype(s):
-            return "bool"
-        if pd.api.types.is_numeric_dtype(s):
-            return "numeric"
-        if pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s):
-            vals = s.dropna()
-            if all(isinstance(v, (str, int, float, np.number)) and not isinstance(v, bool) for v in vals):
-                return "text"
-        return "other"
-    dt = profiles.schema[col]
-    if dt == pl.Boolean:
-        return "bool"
-    if dt.is_numeric():
-        return "numeric"
-    if dt in (pl.String, pl.Categorical) or isinstance(dt, pl.Enum):
-        return "text"
-    return "other"
+        out = {}
+        for col in cols:
+            s = profiles[col]
+            if pd.api.types.is_bool_dtype(s):
+                out[col] = "bool"
+            elif pd.api.types.is_numeric_dtype(s):
+                out[col] = "numeric"
+            elif (pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)) and all(
+                    isinstance(v, (str, int, float, np.number)) and not isinstance(v, bool) for v in s.dropna()):
+                out[col] = "text"
+            else:
+                out[col] = "other"
+        return out
+    schema = profiles.schema  # built on every access: once per call
+    out = {}
+    for col in cols:
+        dt = schema[col]
+        if dt == pl.Boolean:
+            out[col] = "bool"
+        elif dt.is_numeric():
+            out[col] = "numeric"
+        elif dt in (pl.String, pl.Categorical) or isinstance(dt, pl.Enum):
+            out[col] = "text"
+        else:
+            out[col] = "other"
+    return out
 
 
 def infer_features(
@@ -358,15 +366,11 @@ def infer_features(
         prefixes = tuple(str(c).title() for c in as_list(compartments))
         if image_features:
             prefixes = (*prefixes, "Image")
-        out = []
-        for c in cols:
-            cp = c.startswith(prefixes)
-            if not (cp or _EMBEDDING.match(c)) or c.startswith(METADATA_PREFIX):
-                continue
-            kind = _kind(profiles, c)
-            if kind == "other" or (c.startswith("Image_") and kind not in ("numeric", "bool")):
-                continue
-            out.append(c)
+        named = [c for c in cols if (c.startswith(prefixes) or _EMBEDDING.match(c))
+                 and not c.startswith(METADATA_PREFIX)]
+        kinds = _kinds(profiles, named)
+        out = [c for c in named if kinds[c] != "other"
+               and not (c.startswith("Image_") and kinds[c] not in ("numeric", "bool"))]
         if not out:
             raise ValueError(
                 "no feature columns found: features='infer' takes columns named like CellProfiler features "
@@ -380,7 +384,8 @@ def infer_features(
     missing = [c for c in out if c not in have]
     if missing:
         raise ColumnNotFoundError(f"feature columns not in the profiles: {format_names(missing)}")
-    bad = [c for c in out if _kind(profiles, c) == "other"]
+    kinds = _kinds(profiles, out)
+    bad = [c for c in out if kinds[c] == "other"]
     if bad:
         raise ValueError(f"feature columns must be numeric; not numeric: {format_names(bad)}")
     if len(set(out)) != len(out):
@@ -416,7 +421,7 @@ def feature_frame(profiles: Any, features: Sequence[str]) -> pl.DataFrame:
     ValueError
         A text column holds something that is not a number or a missing-value string.
     """
-    kinds = {c: _kind(profiles, c) for c in features}
+    kinds = _kinds(profiles, features)
     text = [c for c in features if kinds[c] == "text"]
     if is_pandas(profiles):
         plain = [c for c in features if kinds[c] != "text"]
