@@ -12,6 +12,7 @@ import polars as pl
 from .frames import (
     COMPARTMENTS,
     METADATA_PREFIX,
+    PANDAS_NA_VALUES,
     as_frame,
     format_names,
     is_pandas,
@@ -32,8 +33,7 @@ _CP_CLEAN = {"Image_Metadata_Plate": "Metadata_Plate", "Image_Metadata_Well": "M
 def _read_table(table: Any, *, name: str, sep: str | None = None) -> pl.DataFrame:
     if isinstance(table, (str, os.PathLike)):
         if sep is not None:
-            return pl.read_csv(table, separator=sep, null_values=["", "NA", "NaN", "nan", "None", "null"],
-                               infer_schema_length=None)
+            return pl.read_csv(table, separator=sep, null_values=PANDAS_NA_VALUES, infer_schema_length=None)
         return load_profiles(table)
     return to_polars(as_frame(table, name=name))
 

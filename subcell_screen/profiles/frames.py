@@ -32,7 +32,7 @@ import polars as pl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NEGCON", "METADATA_PREFIX", "COMPARTMENTS", "MISSING_TOKENS", "THREADS", "ColumnNotFoundError",
+__all__ = ["NEGCON", "METADATA_PREFIX", "COMPARTMENTS", "MISSING_TOKENS", "PANDAS_NA_VALUES", "THREADS", "ColumnNotFoundError",
            "load_profiles", "as_frame", "infer_features", "feature_frame", "row_mask", "groups_of", "Groups",
            "require_columns", "columns_of", "is_pandas", "check_frame", "format_names"]
 
@@ -55,7 +55,7 @@ _EMBEDDING = re.compile(r"^(?:.+_)?feat\d+$")
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null"})
 
 #: Strings pandas' ``read_csv`` reads as missing by default (so a CSV reads the same as in pycytominer).
-_PANDAS_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+PANDAS_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
               "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 #: How many offending names an error or warning lists before it says "and N more".
@@ -143,7 +143,7 @@ def load_profiles(path: str | os.PathLike) -> pl.DataFrame:
 
         raw = lzma.decompress(raw)
     sep = _sniff_delimiter(raw[:65536].decode("utf-8-sig", errors="replace"), p)
-    return pl.read_csv(raw, separator=sep, null_values=_PANDAS_NA, infer_schema_length=None)
+    return pl.read_csv(raw, separator=sep, null_values=PANDAS_NA_VALUES, infer_schema_length=None)
 
 
 def _sniff_delimiter(sample: str, path: Path) -> str:
