@@ -291,7 +291,8 @@ def test_zero_variance_controls_warn_or_raise(caplog):
 
 
 def test_missing_values_stay_missing_and_bad_arguments():
-    df = _small().with_columns(pl.when(pl.int_range(pl.len()) == 6).then(None).otherwise(pl.col("Cells_f1")).alias("Cells_f1"))
+    df = _small().with_columns(pl.when(pl.int_range(pl.len()) == 6).then(None).otherwise(pl.col("Cells_f1"))
+                               .alias("Cells_f1"))
     out = normalize(df, method="standardize", controls=NEGCON)
     assert out["Cells_f1"].null_count() == 1 and out["Cells_f1"][6] is None
     assert out["Cells_f2"].null_count() == 0

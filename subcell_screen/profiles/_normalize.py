@@ -3,8 +3,9 @@
 ``normalize`` fits its statistics on the control rows of every plate (``plate_col``, default
 ``Metadata_Plate``; ``plate_col=None`` fits once on the whole frame, as a single pycytominer ``normalize``
 call does) and transforms all rows of that plate, which is what pycytominer's ``normalize`` does when called
-once per plate (the way profiling-recipe, LINCS and subcell-analysis use it). Location/scale statistics of all groups come from one
-polars ``group_by`` over the control rows; the transform is one vectorised pass over the feature columns.
+once per plate (the way profiling-recipe, LINCS and subcell-analysis use it). Location/scale statistics of
+all groups come from one polars ``group_by`` over the control rows; the transform is one vectorised pass over
+the feature columns.
 
 Formulas (``x`` a feature value, statistics over the group's control rows, missing values skipped):
 

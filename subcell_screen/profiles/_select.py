@@ -157,7 +157,8 @@ def feature_select(
         profiles, operation=operation, features=features, image_features=image_features, samples=samples,
         na_cutoff=na_cutoff, corr_threshold=corr_threshold, corr_method=corr_method, freq_cut=freq_cut,
         unique_cut=unique_cut, min_variance=min_variance, blocklist=blocklist, blocklist_name=blocklist_name,
-        blocklist_file=blocklist_file, outlier_cutoff=outlier_cutoff, noise_removal_perturb_groups=noise_removal_perturb_groups,
+        blocklist_file=blocklist_file, outlier_cutoff=outlier_cutoff,
+        noise_removal_perturb_groups=noise_removal_perturb_groups,
         noise_removal_stdev_cutoff=noise_removal_stdev_cutoff, block_size=block_size)
     drop = {f for fs in excluded.values() for f in fs}
     logger.info("feature_select: %d column(s) excluded (%s)", len(drop),

@@ -32,9 +32,10 @@ import polars as pl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NEGCON", "METADATA_PREFIX", "COMPARTMENTS", "MISSING_TOKENS", "PANDAS_NA_VALUES", "THREADS", "ColumnNotFoundError",
-           "load_profiles", "as_frame", "infer_features", "feature_frame", "row_mask", "groups_of", "Groups",
-           "require_columns", "columns_of", "is_pandas", "check_frame", "format_names"]
+__all__ = ["NEGCON", "METADATA_PREFIX", "COMPARTMENTS", "MISSING_TOKENS", "PANDAS_NA_VALUES", "THREADS",
+           "ColumnNotFoundError", "load_profiles", "as_frame", "infer_features", "feature_frame", "row_mask",
+           "query_mask", "groups_of", "Groups", "require_columns", "columns_of", "is_pandas", "check_frame",
+           "format_names"]
 
 METADATA_PREFIX = "Metadata_"
 
