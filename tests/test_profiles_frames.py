@@ -63,6 +63,10 @@ def test_load_profiles_reads_what_pycytominer_reads(tmp_path):
         vals = feature_frame(got, ["Cells_x", "Nuclei_y"])
         assert vals["Cells_x"].to_list() == [1.5, None, 3.0], name
         assert vals["Nuclei_y"].to_list() == [1.0, None, None], name
+    # quoted delimiters and a byte-order mark (Excel exports)
+    (tmp_path / "moa.csv").write_text('\ufeffMetadata_moa,Cells_x\n"a, b|c",1\nd|e,2\nf,3\n', encoding="utf-8")
+    moa = load_profiles(tmp_path / "moa.csv")
+    assert moa.columns == ["Metadata_moa", "Cells_x"] and moa["Metadata_moa"].to_list() == ["a, b|c", "d|e", "f"]
     (tmp_path / "one.csv").write_text("just_one_column\n1\n2\n")
     with pytest.raises(ValueError, match="could not determine the delimiter of .*one.csv"):
         load_profiles(tmp_path / "one.csv")

@@ -143,19 +143,25 @@ def load_profiles(path: str | os.PathLike) -> pl.DataFrame:
         import lzma
 
         raw = lzma.decompress(raw)
-    sep = _sniff_delimiter(raw[:65536].decode("utf-8-sig", errors="replace"), p)
+    if raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
+        raw = raw[3:]
+    sep = _sniff_delimiter(raw[:65536].decode("utf-8", errors="replace"), p)
     return pl.read_csv(raw, separator=sep, null_values=PANDAS_NA_VALUES, infer_schema_length=None)
 
 
 def _sniff_delimiter(sample: str, path: Path) -> str:
-    lines = [ln for ln in sample.splitlines()[:20] if ln.strip()]
+    """The candidate delimiter that splits the first lines into the same number (> 1) of fields, quotes
+    respected (the sample's last line may be cut off, so it is left out)."""
+    import csv
+
+    lines = [ln for ln in sample.splitlines()[:21] if ln.strip()]
     if not lines:
         raise ValueError(f"{path} is empty")
-    best, best_n = None, 0
+    lines = lines[:-1] if len(lines) > 1 else lines
+    best, best_n = None, 1
     for sep in (",", "\t", ";", "|"):
-        counts = {ln.count(sep) for ln in lines[:-1] or lines}
-        n = lines[0].count(sep)
-        if n and len(counts) == 1 and n > best_n:
+        widths = {len(row) for row in csv.reader(lines, delimiter=sep)}
+        if len(widths) == 1 and (n := widths.pop()) > best_n:
             best, best_n = sep, n
     if best is None:
         raise ValueError(f"could not determine the delimiter of {path} (tried comma, tab, semicolon, pipe)")
