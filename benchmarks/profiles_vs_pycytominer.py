@@ -182,13 +182,14 @@ def work_ours_norm(folder: str, n_plates: int | None, select: bool, save: str | 
     base = _maxrss_mb()
     df = pl.read_parquet(_files(folder, n_plates))
     t0 = time.perf_counter()
-    norm = normalize(df, method="mad_robustize", controls=negcon)
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    norm = normalize(df, method="mad_robustize", controls=negcon, features=feats)
     t_norm = time.perf_counter() - t0
     del df
     out = {"rows": norm.height, "normalize_s": t_norm, "base_mb": base}
     if select:
         t0 = time.perf_counter()
-        sel = feature_select(norm, operation=OPS)
+        sel = feature_select(norm, operation=OPS, features=feats)
         out["select_s"] = time.perf_counter() - t0
         out["kept"] = [c for c in sel.columns if not c.startswith("Metadata_")]
     out["maxrss_mb"] = _maxrss_mb()
@@ -205,7 +206,7 @@ def work_ours_select(path: str) -> dict:
     base = _maxrss_mb()
     norm = pl.read_parquet(path)
     t0 = time.perf_counter()
-    sel = feature_select(norm, operation=OPS)
+    sel = feature_select(norm, operation=OPS, features=[c for c in norm.columns if not c.startswith("Metadata_")])
     t = time.perf_counter() - t0
     return {"rows": norm.height, "select_s": t, "kept": [c for c in sel.columns if not c.startswith("Metadata_")],
             "maxrss_mb": _maxrss_mb(), "base_mb": base}

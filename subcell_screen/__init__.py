@@ -22,13 +22,16 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # public name -> submodule that defines it
 _LAZY: dict[str, str] = {
     # profiles (pycytominer-compatible)
+    "annotate": ".profiles",
     "aggregate": ".profiles",
     "normalize": ".profiles",
     "feature_select": ".profiles",
     "consensus": ".profiles",
+    "NEGCON": ".profiles",
     # scoring (copairs-compatible)
     "average_precision": ".score",
     "mean_average_precision": ".score",
+    "mean_average_precision_hierarchical": ".score",
     # foundation
     "ScreenStore": ".store",
     "RunConfig": ".config",
@@ -74,6 +77,6 @@ if TYPE_CHECKING:  # pragma: no cover  (static view of the lazy names above)
     from .channels import ChannelMap
     from .config import RunConfig, load_config
     from .layouts import read_layout, read_plates_table
-    from .profiles import aggregate, consensus, feature_select, normalize
-    from .score import average_precision, mean_average_precision
+    from .profiles import NEGCON, aggregate, annotate, consensus, feature_select, normalize
+    from .score import average_precision, mean_average_precision, mean_average_precision_hierarchical
     from .store import ScreenStore

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import polars as pl
+import pycytominer as pyc
 import pytest
 
 from subcell_screen import aggregate, consensus
@@ -20,8 +21,6 @@ from subcell_screen.profiles import (
     well_profiles_from_store,
 )
 from subcell_screen.store import ScreenStore
-
-pyc = pytest.importorskip("pycytominer")
 
 DATA = Path(__file__).parent / "data"
 
@@ -64,11 +63,11 @@ def test_aggregate_keeps_constant_metadata_and_null_keys():
     df = pl.DataFrame({"Metadata_Plate": ["P1", "P1", "P1", None, None],
                        "Metadata_Well": ["A01", "A01", "A02", "A03", "A03"],
                        "Metadata_moa": ["x", "x", "y", "z", "z"], "Metadata_site": [1, 2, 1, 1, 1],
-                       "f": [1.0, 2.0, 3.0, 4.0, float("nan")]})
+                       "Cells_f": [1.0, 2.0, 3.0, 4.0, float("nan")]})
     out = aggregate(df, method="mean", keep_metadata=True)
-    assert out.columns == ["Metadata_Plate", "Metadata_Well", "Metadata_moa", "f"]  # site varies: dropped
+    assert out.columns == ["Metadata_Plate", "Metadata_Well", "Metadata_moa", "Cells_f"]  # site varies: dropped
     assert out["Metadata_Plate"].to_list() == ["P1", "P1", None]  # null keys: own group, last (pandas)
-    assert out["f"].to_list() == [1.5, 3.0, 4.0]
+    assert out["Cells_f"].to_list() == [1.5, 3.0, 4.0]
 
 
 def test_reduce_groups_equals_pandas_groupby():

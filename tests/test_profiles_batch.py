@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import copairs.map as copairs_map
 import numpy as np
 import polars as pl
 import pytest
 
 from subcell_screen.profiles import NEGCON, correct_batch, normalize
 from subcell_screen.simulate import simulate_well_profiles
-
-pytest.importorskip("harmonypy")
-copairs_map = pytest.importorskip("copairs.map")
 
 
 def replicate_map(profiles: pl.DataFrame) -> float:
@@ -36,8 +34,9 @@ def screen():
 
 def test_harmony_recovers_replicate_map_lost_to_batch_effects(screen):
     # whole-screen normalisation leaves the planted plate/batch offsets in the profiles
-    before = normalize(screen.profiles, method="standardize", by=None, controls=NEGCON)
-    after = correct_batch(before, by="Metadata_Batch")
+    before = normalize(screen.profiles, method="standardize", plate_col=None, controls=NEGCON,
+                       features=screen.feature_names)
+    after = correct_batch(before, batch_col="Metadata_Batch", features=screen.feature_names)
     assert after.columns == before.columns and after.height == before.height
     meta = [c for c in before.columns if c.startswith("Metadata_")]
     assert after.select(meta).equals(before.select(meta))
@@ -53,13 +52,17 @@ def test_harmony_recovers_replicate_map_lost_to_batch_effects(screen):
 
 
 def test_harmony_on_principal_components_and_errors(screen):
-    base = normalize(screen.profiles, method="standardize", by=None, controls=NEGCON)
-    pcs = correct_batch(base.to_pandas(), by="Metadata_Plate", n_components=10)
+    base = normalize(screen.profiles, method="standardize", plate_col=None, controls=NEGCON,
+                       features=screen.feature_names)
+    pcs = correct_batch(base.to_pandas(), batch_col="Metadata_Plate", n_components=10,
+                        features=screen.feature_names)
     assert [c for c in pcs.columns if not c.startswith("Metadata_")] == [f"PC{i}" for i in range(1, 11)]
     assert len(pcs) == base.height
     with pytest.raises(ValueError, match="only one batch"):
-        correct_batch(base.filter(pl.col("Metadata_Batch") == "batch1"), by="Metadata_Batch")
+        correct_batch(base.filter(pl.col("Metadata_Batch") == "batch1"), batch_col="Metadata_Batch",
+                      features=screen.feature_names)
     with pytest.raises(ValueError, match=r"missing values: 'feature_003'"):
-        correct_batch(base.with_columns(pl.lit(None, dtype=pl.Float64).alias("feature_003")))
+        correct_batch(base.with_columns(pl.lit(None, dtype=pl.Float64).alias("feature_003")),
+                      features=screen.feature_names)
     with pytest.raises(ValueError, match="method must be one of"):
-        correct_batch(base, method="combat")
+        correct_batch(base, method="combat", features=screen.feature_names)

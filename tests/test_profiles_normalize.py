@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import polars as pl
+import pycytominer as pyc
 import pytest
 from scipy import stats
 
 from subcell_screen import normalize
 from subcell_screen.profiles import NEGCON, fit_spherize
 from subcell_screen.simulate import simulate_well_profiles
-
-pyc = pytest.importorskip("pycytominer")
 
 DMSO = pl.col("Metadata_broad_sample") == "DMSO"
 DMSO_QUERY = "Metadata_broad_sample == 'DMSO'"
@@ -89,7 +88,7 @@ def test_simulated_multiplate_matches_pycytominer():
     df = sim.profiles.to_pandas()
     ref = _pycytominer_per_plate(df, samples="Metadata_control_type == 'negcon'", method="mad_robustize",
                                  features=sim.feature_names)
-    ours = normalize(sim.profiles, method="mad_robustize", controls=NEGCON)
+    ours = normalize(sim.profiles, method="mad_robustize", controls=NEGCON, features=sim.feature_names)
     assert np.abs(ours.select(sim.feature_names).to_numpy() - ref[sim.feature_names].to_numpy()).max() < 1e-9
     # per-plate negcon medians are exactly 0 afterwards
     med = ours.filter(NEGCON).group_by("Metadata_Plate").agg(pl.col(sim.feature_names).median())
@@ -139,7 +138,7 @@ def _whitening_data(seed=0, n=600, d=24):
         x = rng.normal(size=(n, d)) @ a
         x = x * np.logspace(-2, 2, d) + rng.uniform(1e3, 1e4, d)
         ctrl = np.arange(n) < n - 100
-        rows.append(pd.DataFrame(x, columns=[f"f{i:02d}" for i in range(d)]).assign(
+        rows.append(pd.DataFrame(x, columns=[f"Cells_f{i:02d}" for i in range(d)]).assign(
             Metadata_Plate=plate, Metadata_control_type=np.where(ctrl, "negcon", "trt")))
     return pd.concat(rows, ignore_index=True)
 
@@ -220,11 +219,11 @@ def _jump_rank_int(a: np.ndarray, c: float = 3.0 / 8, seed: int = 0) -> np.ndarr
 
 def test_rank_inverse_normal_matches_jump_recipe(lincs):
     feats = _features(lincs)
-    out = normalize(lincs, method="rank_inverse_normal", by=None)
+    out = normalize(lincs, method="rank_inverse_normal", plate_col=None)
     x = lincs[feats].to_numpy()
     expected = np.column_stack([_jump_rank_int(x[:, j]) for j in range(x.shape[1])])
     assert np.abs(out[feats].to_numpy() - expected).max() < 1e-12
-    avg = normalize(lincs, method="rank_inverse_normal", by=None, ties="average")
+    avg = normalize(lincs, method="rank_inverse_normal", plate_col=None, ties="average")
     ranks = stats.rankdata(x[:, 0], method="average")
     assert np.allclose(avg[feats[0]], stats.norm.ppf((ranks - 0.375) / (len(ranks) + 0.25)))
 
@@ -246,8 +245,8 @@ def _small():
     return pl.DataFrame({
         "Metadata_Plate": ["A"] * 4 + ["B"] * 4,
         "Metadata_control_type": ["negcon", "negcon", None, None] * 2,
-        "f1": [1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 8.0, 9.0],
-        "f2": [2.0, 2.0, 5.0, 1.0, 1.0, 3.0, 3.0, 3.0],  # constant in plate A's controls
+        "Cells_f1": [1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 8.0, 9.0],
+        "Cells_f2": [2.0, 2.0, 5.0, 1.0, 1.0, 3.0, 3.0, 3.0],  # constant in plate A's controls
     })
 
 
@@ -259,12 +258,12 @@ def test_plate_without_controls_is_named():
 
 
 def test_all_missing_feature_is_named():
-    df = _small().with_columns(pl.when(pl.col("Metadata_Plate") == "A").then(None).otherwise(pl.col("f1"))
-                               .alias("f1"))
-    with pytest.raises(ValueError, match=r"Metadata_Plate='A': 'f1'"):
+    df = _small().with_columns(pl.when(pl.col("Metadata_Plate") == "A").then(None).otherwise(pl.col("Cells_f1"))
+                               .alias("Cells_f1"))
+    with pytest.raises(ValueError, match=r"Metadata_Plate='A': 'Cells_f1'"):
         normalize(df, method="mad_robustize", controls=NEGCON)
-    nan = _small().with_columns(pl.lit(float("nan")).alias("f2"))
-    with pytest.raises(ValueError, match=r"no non-missing control value.*'f2'"):
+    nan = _small().with_columns(pl.lit(float("nan")).alias("Cells_f2"))
+    with pytest.raises(ValueError, match=r"no non-missing control value.*'Cells_f2'"):
         normalize(nan, method="standardize", controls=NEGCON)
 
 
@@ -272,35 +271,36 @@ def test_zero_variance_controls_warn_or_raise(caplog):
     df = _small()
     with caplog.at_level(logging.WARNING, logger="subcell_screen.profiles._normalize"):
         out = normalize(df, method="standardize", controls=NEGCON)
-    assert "Metadata_Plate='A': 'f2'" in caplog.text
+    assert "Metadata_Plate='A': 'Cells_f2'" in caplog.text
     # pycytominer/sklearn handling: scale 1, centred only; never NaN
-    assert out.filter(pl.col("Metadata_Plate") == "A")["f2"].to_list() == [0.0, 0.0, 3.0, -1.0]
+    assert out.filter(pl.col("Metadata_Plate") == "A")["Cells_f2"].to_list() == [0.0, 0.0, 3.0, -1.0]
     ref = _pycytominer_per_plate(df.to_pandas(), samples="Metadata_control_type == 'negcon'",
                                  method="standardize")
-    assert np.allclose(out.select("f1", "f2").to_numpy(), ref[["f1", "f2"]].to_numpy())
-    with pytest.raises(ValueError, match=r"zero scale.*Metadata_Plate='A': 'f2'"):
+    assert np.allclose(out.select("Cells_f1", "Cells_f2").to_numpy(), ref[["Cells_f1", "Cells_f2"]].to_numpy())
+    with pytest.raises(ValueError, match=r"zero scale.*Metadata_Plate='A': 'Cells_f2'"):
         normalize(df, method="robustize", controls=NEGCON, on_zero_scale="error")
-    with pytest.raises(ValueError, match=r"MAD 0.*epsilon is 0.*'f2'"):
+    with pytest.raises(ValueError, match=r"MAD 0.*epsilon is 0.*'Cells_f2'"):
         normalize(df, method="mad_robustize", controls=NEGCON, epsilon=0.0)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         big = normalize(df, method="mad_robustize", controls=NEGCON)  # epsilon 1e-18 as pycytominer
     assert "epsilon=1e-18" in caplog.text
-    assert np.isfinite(big["f2"].to_numpy()).all() and big["f2"].abs().max() > 1e17
-    with pytest.raises(ValueError, match=r"zero variance in the controls of Metadata_Plate='A'.*'f2'"):
+    assert np.isfinite(big["Cells_f2"].to_numpy()).all() and big["Cells_f2"].abs().max() > 1e17
+    with pytest.raises(ValueError, match=r"zero variance in the controls of Metadata_Plate='A'.*'Cells_f2'"):
         normalize(df, method="spherize", spherize_method="ZCA-cor", controls=NEGCON)
 
 
 def test_missing_values_stay_missing_and_bad_arguments():
-    df = _small().with_columns(pl.when(pl.int_range(pl.len()) == 6).then(None).otherwise(pl.col("f1")).alias("f1"))
+    df = _small().with_columns(pl.when(pl.int_range(pl.len()) == 6).then(None).otherwise(pl.col("Cells_f1"))
+                               .alias("Cells_f1"))
     out = normalize(df, method="standardize", controls=NEGCON)
-    assert out["f1"].null_count() == 1 and out["f1"][6] is None
-    assert out["f2"].null_count() == 0
+    assert out["Cells_f1"].null_count() == 1 and out["Cells_f1"][6] is None
+    assert out["Cells_f2"].null_count() == 0
     with pytest.raises(ValueError, match="method must be one of"):
         normalize(df, method="zscore")
-    with pytest.raises(ValueError, match="not in the profiles"):
+    with pytest.raises(ValueError, match="controls expression refers to columns not in the table: .Metadata_nope."):
         normalize(df, method="standardize", controls=pl.col("Metadata_nope") == 1)
-    with pytest.raises(ValueError, match="not numeric"):
+    with pytest.raises(ValueError, match="'Metadata_Plate' holds text that is not a number: 'A'"):
         normalize(df, features=["Metadata_Plate"])
 
 
@@ -311,7 +311,7 @@ def test_embedding_widths_match_pycytominer(n_features):
                                  seed=4)
     feats = sim.feature_names
     prof = sim.profiles.with_columns(pl.col(feats).cast(pl.Float32))
-    ours = normalize(prof, method="mad_robustize", controls=NEGCON)
+    ours = normalize(prof, method="mad_robustize", controls=NEGCON, features=feats)
     # pycytominer computes in float32 for float32 input; we compute in float64: compare on the same values
     ref = _pycytominer_per_plate(prof.to_pandas().astype(dict.fromkeys(feats, np.float64)),
                                  samples="Metadata_control_type == 'negcon'", method="mad_robustize",

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import polars as pl
+import pycytominer as pyc
 import pytest
 
 from subcell_screen import feature_select
 from subcell_screen.profiles import default_blocklist, features_to_exclude, normalize
-
-pyc = pytest.importorskip("pycytominer")
 
 LINCS = Path(__file__).parent / "data" / "lincs" / "SQ00015054_normalized_feature_select.csv.gz"
 
@@ -129,7 +128,8 @@ def test_kendall_uses_pycytominers_path():
     df = _synthetic(n=80, d=30, nan=False)
     df.iloc[:5, 3] = np.nan
     ref = _pyc_select(df, "correlation_threshold", corr_threshold=0.3, corr_method="kendall")
-    ours = feature_select(df, operation="correlation_threshold", corr_threshold=0.3, corr_method="kendall")
+    ours = feature_select(df, features=_features(df),
+                          operation="correlation_threshold", corr_threshold=0.3, corr_method="kendall")
     assert list(ours.columns) == list(ref.columns) and df.shape[1] - ref.shape[1] >= 3
 
 
@@ -141,17 +141,20 @@ def test_correlation_blocks_do_not_change_the_result(monkeypatch, full_gram_max)
     df = _synthetic(seed=4, nan=True)
     ref = _pyc_select(df, "correlation_threshold", corr_threshold=0.55)
     for block in (1, 7, 64, 4096):
-        got = features_to_exclude(df, operation="correlation_threshold", corr_threshold=0.55, block_size=block)
+        got = features_to_exclude(df, features=_features(df),
+                                  operation="correlation_threshold", corr_threshold=0.55, block_size=block)
         assert set(got["correlation_threshold"]) == set(df.columns) - set(ref.columns)
     clean = _synthetic(seed=4)
     ref = _pyc_select(clean, "correlation_threshold", corr_threshold=0.55)
-    got = features_to_exclude(clean, operation="correlation_threshold", corr_threshold=0.55, block_size=13)
+    got = features_to_exclude(clean, features=_features(clean),
+                              operation="correlation_threshold", corr_threshold=0.55, block_size=13)
     assert set(got["correlation_threshold"]) == set(clean.columns) - set(ref.columns)
 
 
 def test_features_to_exclude_reports_per_operation_in_order():
     df = _synthetic()
-    out = features_to_exclude(df, operation=["variance_threshold", "correlation_threshold", "blocklist"],
+    out = features_to_exclude(df, features=_features(df),
+                              operation=["variance_threshold", "correlation_threshold", "blocklist"],
                               blocklist=["f100", "Metadata_group"], corr_threshold=0.6)
     assert list(out) == ["variance_threshold", "correlation_threshold", "blocklist"]
     assert out["variance_threshold"] == ["f007", "f010"]
@@ -170,16 +173,16 @@ def test_default_blocklist_is_pycytominers():
 def test_bad_arguments():
     df = _synthetic()
     with pytest.raises(ValueError, match="unknown operation"):
-        feature_select(df, operation="variance")
+        feature_select(df, features=_features(df), operation="variance")
     with pytest.raises(ValueError, match="corr_method"):
-        feature_select(df, operation="correlation_threshold", corr_method="cosine")
+        feature_select(df, features=_features(df), operation="correlation_threshold", corr_method="cosine")
     with pytest.raises(ValueError, match="noise_removal needs"):
-        feature_select(df, operation="noise_removal")
+        feature_select(df, features=_features(df), operation="noise_removal")
     with pytest.raises(ValueError, match="no feature has variance"):
-        feature_select(df, operation="variance_threshold", min_variance=1e9)
+        feature_select(df, features=_features(df), operation="variance_threshold", min_variance=1e9)
     inf = df.assign(f001=np.inf)
     with pytest.raises(ValueError, match=r"infinite values: 'f001'"):
-        feature_select(inf, operation="variance_threshold")
+        feature_select(inf, features=_features(inf), operation="variance_threshold")
 
 
 def _lowrank(seed=5, n=240, d=560, dup=24) -> pd.DataFrame:
@@ -221,7 +224,8 @@ def test_correlation_screen_selects_like_pycytominer(monkeypatch, threshold, met
     df = _lowrank()
     calls = _spy(monkeypatch)
     ref = _pyc_select(df, "correlation_threshold", corr_threshold=threshold, corr_method=method)
-    ours = feature_select(df, operation="correlation_threshold", corr_threshold=threshold, corr_method=method)
+    ours = feature_select(df, features=_features(df),
+                          operation="correlation_threshold", corr_threshold=threshold, corr_method=method)
     assert list(ours.columns) == list(ref.columns)
     assert 10 <= df.shape[1] - ref.shape[1] <= 40  # near-duplicates dropped, the rest kept
     assert calls == {"screen": [True], "full": 0}  # decided by the screen alone, no d x d matrix
@@ -232,13 +236,13 @@ def test_correlation_screen_hands_over_on_ties_and_dense_correlation(monkeypatch
     df["f001"] = df["f000"]  # exact duplicate pair: equal sum |corr|, pycytominer's sort order decides
     calls = _spy(monkeypatch)
     ref = _pyc_select(df, "correlation_threshold")
-    ours = feature_select(df, operation="correlation_threshold")
+    ours = feature_select(df, features=_features(df), operation="correlation_threshold")
     assert list(ours.columns) == list(ref.columns)
     assert len(calls["screen"]) == 1 and calls["full"] == 1  # the tie sends the ranking to the full matrix
     calls["screen"].clear()
     calls["full"] = 0
     ref = _pyc_select(df, "correlation_threshold", corr_threshold=0.3)  # most features correlated: no screen
-    ours = feature_select(df, operation="correlation_threshold", corr_threshold=0.3)
+    ours = feature_select(df, features=_features(df), operation="correlation_threshold", corr_threshold=0.3)
     assert list(ours.columns) == list(ref.columns) and df.shape[1] - ref.shape[1] > 200
     assert calls == {"screen": [False], "full": 1}
 
@@ -258,7 +262,7 @@ def test_frequency_screen_only_skips_columns_that_are_kept():
     df = pd.DataFrame(cols)
     for fc, uc in [(0.05, 0.01), (0.05, 0.6), (0.2, 0.01), (1.0, 0.0)]:
         ref = _pyc_select(df, "frequency_threshold", freq_cut=fc, unique_cut=uc)
-        ours = feature_select(df, operation="frequency_threshold", freq_cut=fc, unique_cut=uc)
+        ours = feature_select(df, features=_features(df), operation="frequency_threshold", freq_cut=fc, unique_cut=uc)
         assert list(ours.columns) == list(ref.columns), (fc, uc)
     ref = _pyc_select(df, "frequency_threshold")
     # count > 20: ratio 1/count < 0.05; two values: 2 / 400 unique < 0.01

@@ -102,7 +102,7 @@ def test_effect_sizes_recover_planted_shift_and_ci_covers():
         rows.append(rng.normal(0, 1, (8, d)) + t * u / np.linalg.norm(u))
         ids += [f"g{g:02d}"] * 8
     meta = pl.DataFrame({"pid": ids, "ctl": ["negcon" if i == "neg" else "trt" for i in ids]})
-    es = effect_sizes(meta, np.concatenate(rows), by=["pid"], negcon={"ctl": "negcon"}, n_boot=500, seed=0)
+    es = effect_sizes(meta, np.concatenate(rows), by=["pid"], controls={"ctl": "negcon"}, n_boot=500, seed=0)
     assert es.height == 40 and (es["n_wells"] == 8).all()
     err = es["effect_size"].to_numpy() - truth
     for t in (2.0, 4.0, 6.0):
@@ -150,7 +150,7 @@ def test_hit_table_calls_planted_hits_and_flags_cytotoxicity(screen, activity):
 
 
 def test_pandas_in_pandas_out_and_hit_table_computes_activity():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     sim = simulate_well_profiles(n_plates=4, n_features=16, n_active=6, n_null=6, n_dose_compounds=0,
                                  effect_size=8.0, seed=2)
     z = robust_z_per_plate(sim.profiles, sim.feature_names)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import tempfile
 import warnings
 
+import copairs.map as copairs_map
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
-
-pd = pytest.importorskip("pandas")
-copairs_map = pytest.importorskip("copairs.map")
 from copairs import compute as cp_compute  # noqa: E402
 from copairs.matching import assign_reference_index as cp_assign_reference_index  # noqa: E402
 
@@ -107,7 +106,7 @@ def test_lincs_activity_preset_and_polars(lincs, lincs_activity):
     meta, x = lincs
     ref, _ = lincs_activity
     pm = pl.from_pandas(meta.drop(columns=["Metadata_Reference_Index"]))
-    res = phenotypic_activity(pm, x, pert_col="Metadata_broad_sample", negcon={"Metadata_broad_sample": "DMSO"},
+    res = phenotypic_activity(pm, x, pert_col="Metadata_broad_sample", controls={"Metadata_broad_sample": "DMSO"},
                               null_size=10000, seed=0)
     assert isinstance(res.ap, pl.DataFrame) and isinstance(res.map, pl.DataFrame)
     ref_nd = ref[ref["Metadata_broad_sample"] != "DMSO"]

@@ -24,17 +24,19 @@ import numpy as np
 import polars as pl
 
 from . import _median
-from ._frame import THREADS as _THREADS
-from ._frame import (
-    _names,
+from .frames import THREADS as _THREADS
+from .frames import (
+    as_frame,
     as_list,
     check_frame,
     columns_of,
     feature_frame,
+    format_names,
     infer_features,
     is_pandas,
     pick_columns,
     polars_view,
+    require_columns,
 )
 
 __all__ = ["aggregate", "aggregate_array", "consensus", "to_wide", "from_wide", "well_profiles_from_store",
@@ -175,7 +177,7 @@ def _warn_missing(result: np.ndarray, names: Sequence[str], what: str) -> None:
     if bad.any():
         cols = np.flatnonzero(bad.any(axis=0))
         logger.warning("%s: %d group(s) have no value for %d feature(s) (%s); those aggregates are missing",
-                       what, int(bad.any(axis=1).sum()), cols.size, _names([names[j] for j in cols]))
+                       what, int(bad.any(axis=1).sum()), cols.size, format_names([names[j] for j in cols]))
 
 
 # -- wide layout ------------------------------------------------------------------------------------------
@@ -186,7 +188,8 @@ def aggregate(
     *,
     by: str | Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
     method: Literal["median", "mean"] = "median",
-    features: Sequence[str] | None = None,
+    features: Sequence[str] | Literal["infer"] = "infer",
+    image_features: bool = False,
     compute_object_count: bool = False,
     object_feature: str = "Metadata_ObjectNumber",
     keep_metadata: bool = False,
@@ -195,18 +198,25 @@ def aggregate(
 
     Parameters
     ----------
-    cells : polars.DataFrame or pandas.DataFrame
-        Wide rows: ``Metadata_*`` columns plus numeric features.
+    cells : polars.DataFrame, pandas.DataFrame or path
+        Wide rows: ``Metadata_*`` columns plus features (a CSV/TSV/Parquet path is read with
+        :func:`~subcell_screen.profiles.frames.load_profiles`).
     by : str or list of str
         Grouping columns (pycytominer ``strata``); rows with null keys form their own group.
     method : {"median", "mean"}
         pycytominer ``operation``; missing values are skipped.
-    features : list of str, optional
-        Default every numeric column not prefixed ``Metadata_``.
+    features : list of str or "infer"
+        ``"infer"`` (pycytominer's rule): CellProfiler compartment columns (``Cells*``, ``Cytoplasm*``,
+        ``Nuclei*``) and SubCell embedding columns (``feat0000``, ``<pass>_feat0000``); see
+        :func:`~subcell_screen.profiles.frames.infer_features`. Numbers stored as text are parsed.
+    image_features : bool
+        Also aggregate numeric ``Image_*`` columns (with ``features="infer"``).
     compute_object_count : bool
-        Add ``Metadata_Object_Count``: non-missing values of ``object_feature`` per group (pycytominer), or
-        the number of rows when ``object_feature`` is not a column.
+        Add ``Metadata_Object_Count``: non-missing values of ``object_feature`` per group (pycytominer). A
+        group whose ``by`` key is null gets its count (pycytominer leaves it missing, an artefact of its
+        ``groupby`` dropping null keys for the count only).
     object_feature : str
+        Column counted by ``compute_object_count``; it must exist.
     keep_metadata : bool
         Also keep the other ``Metadata_*`` columns that are constant within every group (pycytominer keeps
         only ``by``).
@@ -215,20 +225,27 @@ def aggregate(
     -------
     polars.DataFrame or pandas.DataFrame
         One row per group sorted by ``by``: the ``by`` columns, ``Metadata_Object_Count`` (if asked), kept
-        metadata, then the features as Float64 (same type as ``cells``). ``ImageNumber``/``ObjectNumber``
-        feature columns are dropped, as pycytominer does.
+        metadata, then the features as Float64 (same type as ``cells``; polars for a path). ``ImageNumber``/
+        ``ObjectNumber`` feature columns are dropped, as pycytominer does.
+
+    Raises
+    ------
+    ValueError
+        No feature found; a grouping column or ``object_feature`` (with ``compute_object_count``) missing; a
+        feature column holding text that is not a number.
     """
-    check_frame(cells, name="cells")
+    cells = as_frame(cells, name="cells")
     by = as_list(by)
     if not by:
         raise ValueError("aggregate needs at least one grouping column in by")
-    missing = [c for c in by if c not in set(columns_of(cells))]
-    if missing:
-        raise ValueError(f"grouping columns not in the frame: {_names(missing)}")
-    feats = [f for f in infer_features(cells, features) if f not in by]
+    require_columns(cells, by, name="cells")
+    if compute_object_count:
+        require_columns(cells, [object_feature], name="cells (object_feature, for compute_object_count)")
+    feats = [f for f in infer_features(cells, features, image_features=image_features) if f not in by]
     keys = polars_view(cells, by)
     codes, uniq = _sorted_groups(keys, by)
-    if not is_pandas(cells) and feats and all(cells.schema[f] == pl.Float32 for f in feats):
+    schema = None if is_pandas(cells) else cells.schema  # polars builds the schema on every access
+    if schema is not None and feats and all(schema[f] == pl.Float32 for f in feats):
         # float32 features stay float32 (half the memory; the kernel sorts 8 lanes per vector instead of 4);
         # medians and means are still computed in float64, so the numbers are the same
         x = pick_columns(cells, feats).to_numpy()
@@ -238,14 +255,11 @@ def aggregate(
     _warn_missing(agg, feats, f"aggregate({method})")
     parts = [uniq]
     if compute_object_count:
-        if object_feature in columns_of(cells):
-            obj = polars_view(cells, [object_feature])[object_feature]
-            valid = obj.is_not_null().to_numpy()
-            if obj.dtype.is_float():
-                valid &= ~obj.is_nan().fill_null(True).to_numpy()
-            cnt = np.bincount(codes[valid], minlength=uniq.height)
-        else:
-            cnt = np.bincount(codes, minlength=uniq.height)
+        obj = polars_view(cells, [object_feature])[object_feature]
+        valid = obj.is_not_null().to_numpy()
+        if obj.dtype.is_float():
+            valid &= ~obj.is_nan().fill_null(True).to_numpy()
+        cnt = np.bincount(codes[valid], minlength=uniq.height)
         parts.append(pl.DataFrame({"Metadata_Object_Count": cnt.astype(np.int64)}))
     if keep_metadata:
         parts.append(_constant_metadata(cells, by, codes, uniq.height))
@@ -267,14 +281,14 @@ def _constant_metadata(frame: Any, by: list[str], codes: np.ndarray, n_groups: i
     const = [c for c in cand if (agg[f"{c}__n"] <= 1).all()]
     dropped = [c for c in cand if c not in const]
     if dropped:
-        logger.info("aggregate: metadata not constant within groups, not kept: %s", _names(dropped))
+        logger.info("aggregate: metadata not constant within groups, not kept: %s", format_names(dropped))
     if agg.height != n_groups:
         raise AssertionError("group count mismatch")
     return agg.select(const)
 
 
 def _wide_from_numpy(arr: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
-    df = pl.DataFrame(arr, schema=list(names), orient="row") if arr.shape[1] else pl.DataFrame()
+    df = pl.DataFrame([pl.Series(n, arr[:, j]) for j, n in enumerate(names)]) if arr.shape[1] else pl.DataFrame()
     if arr.size and np.isnan(arr).any():
         df = df.with_columns(pl.all().fill_nan(None))
     return df
@@ -285,7 +299,8 @@ def consensus(
     *,
     by: str | Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
     method: Literal["median", "mean", "modz"] = "median",
-    features: Sequence[str] | None = None,
+    features: Sequence[str] | Literal["infer"] = "infer",
+    image_features: bool = False,
     modz_method: Literal["spearman", "pearson"] = "spearman",
     min_weight: float = 0.01,
     precision: int = 4,
@@ -293,7 +308,8 @@ def consensus(
 ) -> Any:
     """Consensus profile of replicate rows (pycytominer ``consensus``; ``by`` = ``replicate_columns``).
 
-    ``median``/``mean`` are :func:`aggregate`. ``modz`` (cmapPy / pycytominer): Spearman correlation between
+    ``profiles``, ``features`` and ``image_features`` as in :func:`aggregate`. ``median``/``mean`` are
+    :func:`aggregate`. ``modz`` (cmapPy / pycytominer): Spearman correlation between
     the replicates of a group over the features, diagonal dropped, negative correlations set to 0; weight of
     a replicate = its mean correlation, at least ``min_weight``; weights normalised to sum 1 and rounded to
     ``precision`` digits; consensus = weighted sum of the replicates (missing values count as 0, as
@@ -305,17 +321,16 @@ def consensus(
         One row per group sorted by ``by``: ``by`` columns (kept metadata if asked) then features.
     """
     if method in AGGREGATE_METHODS:
-        return aggregate(profiles, by=by, method=method, features=features, keep_metadata=keep_metadata)
+        return aggregate(profiles, by=by, method=method, features=features, image_features=image_features,
+                         keep_metadata=keep_metadata)
     if method != "modz":
         raise ValueError(f"method must be 'median', 'mean' or 'modz', got {method!r}")
     if modz_method not in ("spearman", "pearson"):
         raise ValueError(f"modz_method must be 'spearman' or 'pearson', got {modz_method!r}")
-    check_frame(profiles)
+    profiles = as_frame(profiles)
     by = as_list(by)
-    missing = [c for c in by if c not in set(columns_of(profiles))]
-    if missing:
-        raise ValueError(f"replicate columns not in the profiles: {_names(missing)}")
-    feats = [f for f in infer_features(profiles, features) if f not in by]
+    require_columns(profiles, by, name="profiles (replicate columns)")
+    feats = [f for f in infer_features(profiles, features, image_features=image_features) if f not in by]
     codes, uniq = _sorted_groups(polars_view(profiles, by), by)
     x = feature_frame(profiles, feats).to_numpy().astype(np.float64, copy=False)
     out = np.empty((uniq.height, len(feats)))
@@ -339,7 +354,8 @@ def _modz(block: np.ndarray, method: str, min_weight: float, precision: int) -> 
     if np.isnan(block).any():
         import pandas as pd
 
-        cor = pd.DataFrame(block.T).corr(method=method).to_numpy()
+        # a copy: under copy-on-write (pandas 3, or once pycytominer is imported) the array is read-only
+        cor = np.array(pd.DataFrame(block.T).corr(method=method).to_numpy(), dtype=np.float64)
     else:
         if method == "spearman":
             from scipy.stats import rankdata
@@ -446,7 +462,7 @@ def aggregate_array(
     schema = lf.collect_schema()
     missing = [c for c in need if c not in schema.names()]
     if missing:
-        raise ValueError(f"columns not in the frame: {_names(missing)}")
+        raise ValueError(f"columns not in the frame: {format_names(missing)}")
     # a DataFrame's columns are taken as they are: select() on a frame of many chunks costs more than this
     df = frame if isinstance(frame, pl.DataFrame) else lf.select(need).collect()
     x = _array_rows(df, column)
@@ -488,19 +504,20 @@ def to_wide(frame: pl.DataFrame, feature_names: Sequence[str], *, column: str = 
         raise ValueError(f"column {column!r} holds {dt.size} values per row but {len(names)} names were given")
     clash = [n for n in names if n in frame.columns and n != column]
     if clash:
-        raise ValueError(f"feature names clash with existing columns: {_names(clash)}")
+        raise ValueError(f"feature names clash with existing columns: {format_names(clash)}")
     return frame.with_columns(pl.col(column).arr.to_struct(fields=names)).unnest(column)
 
 
-def from_wide(profiles: Any, *, features: Sequence[str] | None = None, column: str = "features",
+def from_wide(profiles: Any, *, features: Sequence[str] | Literal["infer"] = "infer", column: str = "features",
               dtype: pl.DataType = pl.Float32) -> pl.DataFrame:
     """Pack wide feature columns into one fixed-width array column (the store's layout).
 
     Parameters
     ----------
     profiles : polars.DataFrame or pandas.DataFrame
-    features : list of str, optional
-        Columns to pack, in this order (default: every numeric non-``Metadata_`` column).
+    features : list of str or "infer"
+        Columns to pack, in this order (``"infer"``: see
+        :func:`~subcell_screen.profiles.frames.infer_features`).
     column : str
         Name of the array column (appended last).
     dtype : polars float type
@@ -626,7 +643,7 @@ def well_profiles_from_store(
                                   on=["Metadata_Plate", "Metadata_Well"], how="anti")
             if unmatched.height:
                 logger.warning("well_profiles_from_store: %d well(s) with cells are not in the layout: %s",
-                               unmatched.height, _names([f"{p}/{w}" for p, w in
+                               unmatched.height, format_names([f"{p}/{w}" for p, w in
                                                          unmatched.select("Metadata_Plate", "Metadata_Well")
                                                          .iter_rows()]))
         else:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from ._frame import (
-    _names,
+from .frames import (
     as_list,
     check_frame,
     columns_of,
     feature_frame,
+    format_names,
     infer_features,
     polars_view,
     replace_features,
+    require_columns,
 )
 
 __all__ = ["correct_batch", "BATCH_METHODS"]
@@ -30,9 +31,9 @@ BATCH_METHODS = ("harmony",)
 def correct_batch(
     profiles: Any,
     *,
-    by: str | Sequence[str] = "Metadata_Batch",
+    batch_col: str | Sequence[str] = "Metadata_Batch",
     method: str = "harmony",
-    features: Sequence[str] | None = None,
+    features: Sequence[str] | Literal["infer"] = "infer",
     n_components: int | None = None,
     nclust: int | None = None,
     max_iter_harmony: int = 20,
@@ -51,11 +52,11 @@ def correct_batch(
     ----------
     profiles : polars.DataFrame or pandas.DataFrame
         Wide profiles without missing feature values (normalise and feature-select first).
-    by : str or list of str
+    batch_col : str or list of str
         Batch column(s) (``Metadata_Batch``, or ``Metadata_Plate`` for plate effects).
     method : {"harmony"}
-    features : list of str, optional
-        Default every numeric column not prefixed ``Metadata_``.
+    features : list of str or "infer"
+        ``"infer"`` as pycytominer (see :func:`~subcell_screen.profiles.frames.infer_features`).
     n_components : int, optional
         Run Harmony on the first ``n_components`` principal components (of the centred features) instead
         of the features; the output feature columns are then ``PC1`` ... ``PCk``.
@@ -81,16 +82,18 @@ def correct_batch(
     check_frame(profiles)
     if method not in BATCH_METHODS:
         raise ValueError(f"method must be one of {BATCH_METHODS}, got {method!r}")
-    by = as_list(by)
-    missing = [c for c in by if c not in set(columns_of(profiles))]
-    if missing:
-        raise ValueError(f"batch columns not in the profiles: {_names(missing)}")
+    by = as_list(batch_col)
+    require_columns(profiles, by, name="profiles (batch_col)")
     feats = infer_features(profiles, features)
+    if not feats:
+        logger.warning("correct_batch: no feature columns (all removed by feature selection?); nothing to correct")
+        return profiles.copy() if type(profiles).__module__.split(".")[0] == "pandas" else profiles
     values = feature_frame(profiles, feats)
     nulls = values.null_count().row(0)
     bad = [f for f, n in zip(feats, nulls) if n]
     if bad:
-        raise ValueError(f"correct_batch: feature(s) with missing values: {_names(bad)}; drop or impute them")
+        raise ValueError(f"correct_batch: feature(s) with missing values: {format_names(bad)}; drop or impute "
+                         "them")
     batches = polars_view(profiles, by).select(
         pl.concat_str([pl.col(c).cast(pl.String).fill_null("<null>") for c in by], separator="|").alias("b"))["b"]
     if batches.n_unique() < 2:

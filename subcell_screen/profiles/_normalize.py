@@ -1,9 +1,11 @@
-"""Per-plate (per-group) normalisation of well profiles, pycytominer-exact.
+"""Per-plate normalisation of well profiles, pycytominer-exact.
 
-``normalize`` fits its statistics on the control rows of every group (plate by default) and transforms all
-rows of that group, which is what pycytominer's ``normalize`` does when called once per plate (the way
-profiling-recipe, LINCS and subcell-analysis use it). Location/scale statistics of all groups come from one
-polars ``group_by`` over the control rows; the transform is one vectorised pass over the feature columns.
+``normalize`` fits its statistics on the control rows of every plate (``plate_col``, default
+``Metadata_Plate``; ``plate_col=None`` fits once on the whole frame, as a single pycytominer ``normalize``
+call does) and transforms all rows of that plate, which is what pycytominer's ``normalize`` does when called
+once per plate (the way profiling-recipe, LINCS and subcell-analysis use it). Location/scale statistics of
+all groups come from one polars ``group_by`` over the control rows; the transform is one vectorised pass over
+the feature columns.
 
 Formulas (``x`` a feature value, statistics over the group's control rows, missing values skipped):
 
@@ -46,14 +48,17 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from ._frame import (
+from .frames import (
     Groups,
-    _names,
-    check_frame,
+    as_frame,
+    columns_of,
     feature_frame,
+    format_names,
     groups_of,
     in_threads,
     infer_features,
+    is_pandas,
+    polars_view,
     replace_features,
     row_mask,
 )
@@ -76,9 +81,11 @@ def normalize(
     profiles: Any,
     *,
     method: str = "standardize",
-    by: str | Sequence[str] | None = "Metadata_Plate",
-    controls: pl.Expr | pl.Series | np.ndarray | None = None,
-    features: Sequence[str] | None = None,
+    plate_col: str | Sequence[str] | None = "Metadata_Plate",
+    controls: Any = None,
+    features: Sequence[str] | Literal["infer"] = "infer",
+    image_features: bool = False,
+    drop_cosmicqc_rows: bool = False,
     epsilon: float | None = None,
     mad_scale: Literal["normal", "unscaled"] | float = "normal",
     spherize_method: str = "ZCA-cor",
@@ -90,22 +97,36 @@ def normalize(
     seed: int = 0,
     on_zero_scale: Literal["warn", "error"] = "warn",
 ) -> Any:
-    """Normalise features per group (plate), fitted on the control rows of each group.
+    """Normalise features **per plate** (``plate_col``), fitted on the ``controls`` rows of each plate.
+
+    Unlike one pycytominer ``normalize`` call, which fits on the whole frame, every plate is fitted and
+    transformed on its own by default (pycytominer called once per plate, the profiling-recipe way); pass
+    ``plate_col=None`` to fit once on all rows as pycytominer does.
 
     Parameters
     ----------
-    profiles : polars.DataFrame or pandas.DataFrame
-        Wide profiles: ``Metadata_*`` columns plus numeric feature columns, one row per well (or cell).
+    profiles : polars.DataFrame, pandas.DataFrame or path
+        Wide profiles: ``Metadata_*`` columns plus feature columns, one row per well (or cell); a CSV/TSV/
+        Parquet path is read with :func:`~subcell_screen.profiles.frames.load_profiles`.
     method : str
         One of :data:`NORMALIZE_METHODS` (pycytominer's names; default ``standardize`` as in pycytominer).
-    by : str or list of str or None
-        Grouping columns; each group is fitted and transformed on its own (pycytominer called once per
-        group). ``None`` fits once on the whole frame.
-    controls : polars.Expr or boolean mask, optional
-        Rows to fit on, e.g. ``pl.col("Metadata_control_type") == "negcon"`` (:data:`NEGCON`); ``None`` fits
-        on all rows (pycytominer ``samples="all"``). Every group must contain control rows.
-    features : list of str, optional
-        Feature columns; default every numeric column not prefixed ``Metadata_``.
+    plate_col : str or list of str or None
+        Column(s) whose groups are fitted and transformed separately (default the plate). ``None`` fits once
+        on the whole frame (pycytominer's single call).
+    controls : polars.Expr, mapping, query string or boolean mask, optional
+        Rows to fit on (pycytominer ``samples``), e.g. :data:`~subcell_screen.profiles.NEGCON` or
+        ``"Metadata_control_type == 'negcon'"``; ``None`` fits on all rows (pycytominer ``samples="all"``).
+        Every plate must contain control rows.
+    features : list of str or "infer"
+        Feature columns; ``"infer"`` as pycytominer (see
+        :func:`~subcell_screen.profiles.frames.infer_features`). Numbers stored as text are parsed and
+        ``"nan"``/``"None"`` strings read as missing.
+    image_features : bool
+        Also normalise numeric ``Image_*`` columns (with ``features="infer"``).
+    drop_cosmicqc_rows : bool
+        Drop rows flagged ``True`` in any ``Metadata_cqc_*`` column (coSMicQC flags, e.g. added by
+        :func:`~subcell_screen.profiles.annotate` with ``external_metadata``) before normalising, as
+        pycytominer does; raises when there is no such column or no row is left.
     epsilon : float, optional
         Fudge factor of ``mad_robustize`` (default 1e-18 as pycytominer; the JUMP recipe uses 0) and of
         ``spherize`` (default 1e-6, added to the singular values).
@@ -126,19 +147,20 @@ def normalize(
     seed : int
         Seed of ``rank_inverse_normal`` tie breaking and of ``inverse_normal`` subsampling.
     on_zero_scale : {"warn", "error"}
-        What to do with a feature whose scale is zero in a group's controls (see module docstring).
+        What to do with a feature whose scale is zero in a plate's controls (see module docstring).
 
     Returns
     -------
     polars.DataFrame or pandas.DataFrame
-        Same type, rows, row order and columns as ``profiles``; feature columns replaced by Float64
-        normalised values (missing inputs stay missing: null in polars, NaN in pandas). ``spherize`` with a
-        PCA method renames the feature columns ``PC1`` ... ``PCd`` as pycytominer does.
+        Same type (polars for a path), rows (less the coSMicQC-flagged ones), row order and columns as
+        ``profiles`` (pycytominer keeps only metadata and features, metadata first); feature columns replaced
+        by Float64 normalised values (missing inputs stay missing: null in polars, NaN in pandas).
+        ``spherize`` with a PCA method renames the feature columns ``PC1`` ... ``PCd`` as pycytominer does.
 
     Raises
     ------
     ValueError
-        Unknown method; a group without control rows; a feature without any control value in a group; a
+        Unknown method; a plate without control rows; a feature without any control value in a plate; a
         zero scale that cannot be handled (see ``on_zero_scale``); spherize on controls with missing values.
 
     Examples
@@ -146,18 +168,20 @@ def normalize(
     >>> import polars as pl
     >>> from subcell_screen.profiles import normalize, NEGCON
     >>> df = pl.DataFrame({"Metadata_Plate": ["a"] * 4, "Metadata_control_type": ["negcon", "negcon", None, None],
-    ...                    "f": [1.0, 3.0, 5.0, 7.0]})
-    >>> normalize(df, method="standardize", controls=NEGCON)["f"].to_list()
+    ...                    "Cells_f": [1.0, 3.0, 5.0, 7.0]})
+    >>> normalize(df, method="standardize", controls=NEGCON)["Cells_f"].to_list()
     [-1.0, 1.0, 3.0, 5.0]
     """
-    check_frame(profiles)
+    profiles = as_frame(profiles)
     method = method.lower() if method.lower() in NORMALIZE_METHODS else method
     if method not in NORMALIZE_METHODS:
         raise ValueError(f"method must be one of {NORMALIZE_METHODS}, got {method!r}")
     if on_zero_scale not in ("warn", "error"):
         raise ValueError(f"on_zero_scale must be 'warn' or 'error', got {on_zero_scale!r}")
-    feats = infer_features(profiles, features)
-    groups = groups_of(profiles, by)
+    if drop_cosmicqc_rows:
+        profiles = _drop_cosmicqc_rows(profiles)
+    feats = infer_features(profiles, features, image_features=image_features)
+    groups = groups_of(profiles, plate_col)
     mask = row_mask(profiles, controls, name="controls")
     values = feature_frame(profiles, feats)
     if method != "rank_inverse_normal":
@@ -186,6 +210,22 @@ def normalize(
             logger.warning("normalize(rank_inverse_normal) ranks all rows of each group; controls are ignored")
         out = _rank_inverse_normal(values, groups, rank_offset, ties, seed)
     return replace_features(profiles, out, rename=rename)
+
+
+def _drop_cosmicqc_rows(profiles: Any) -> Any:
+    """``profiles`` without the rows flagged ``True`` in any ``Metadata_cqc_*`` column (pycytominer)."""
+    qc = [c for c in columns_of(profiles) if c.startswith("Metadata_cqc_")]
+    if not qc:
+        raise ValueError("drop_cosmicqc_rows: no QC columns with the prefix 'Metadata_cqc_' (add coSMicQC flags "
+                         "with annotate(..., external_metadata=...) first)")
+    flags = polars_view(profiles, qc).select(pl.any_horizontal(pl.all().cast(pl.Boolean).fill_null(False))
+                                             .alias("f"))["f"].to_numpy()
+    if flags.all():
+        raise ValueError(f"drop_cosmicqc_rows: all {flags.size} rows are flagged in {format_names(qc)}; "
+                         "nothing left to normalise")
+    logger.info("normalize: dropped %d row(s) flagged by coSMicQC (%s)", int(flags.sum()), format_names(qc))
+    keep = ~flags
+    return profiles[keep] if is_pandas(profiles) else profiles.filter(pl.Series(keep))
 
 
 # -- statistics -----------------------------------------------------------------------------------------
@@ -219,7 +259,7 @@ def _check_stats(stat: np.ndarray, groups: Groups, feats: list[str]) -> None:
         gi, fi = np.nonzero(bad)
         pairs = [f"{groups.label(g)}: {feats[f]!r}" for g, f in zip(gi, fi)]
         raise ValueError(f"{bad.sum()} feature(s) have no non-missing control value in their group, so "
-                         f"they cannot be normalised: {_names(pairs)}; drop them first (feature_select "
+                         f"they cannot be normalised: {format_names(pairs)}; drop them first (feature_select "
                          "operation='drop_na_columns') or fit on more rows")
 
 
@@ -230,7 +270,7 @@ def _report_zero(zero: np.ndarray, groups: Groups, feats: list[str], *, method: 
     gi, fi = np.nonzero(zero)
     pairs = [f"{groups.label(g)}: {feats[f]!r}" for g, f in zip(gi, fi)]
     msg = (f"normalize({method}): {zero.sum()} feature(s) have zero scale in their group's controls: "
-           f"{_names(pairs)}")
+           f"{format_names(pairs)}")
     if on_zero_scale == "error":
         raise ValueError(msg + "; drop constant features first (feature_select operation="
                                "'variance_threshold') or pass on_zero_scale='warn'")
@@ -261,7 +301,9 @@ def _apply(values: pl.DataFrame, codes: np.ndarray, center: np.ndarray, scale: n
                 xj /= np.take(scale_t[j], codes, out=tmp)
 
     in_threads(work, len(names))
-    out = pl.from_numpy(x.T, schema=names, orient="col") if names else pl.DataFrame()
+    # one Series per column (views of the Fortran array); pl.from_numpy(x.T, orient="col") takes a single
+    # feature's (1, n) array for one Array-typed column
+    out = pl.DataFrame([pl.Series(c, x[:, j]) for j, c in enumerate(names)]) if names else pl.DataFrame()
     missing = [c for c in names if values.get_column(c).null_count()]
     return out.with_columns(pl.col(c).fill_nan(None) for c in missing) if missing else out
 
@@ -318,7 +360,7 @@ def _mad_robustize(values, groups, mask, k, eps, on_zero_scale):
         gi, fi = np.nonzero(scale == 0)
         pairs = [f"{groups.label(g)}: {values.columns[f]!r}" for g, f in zip(gi, fi)]
         raise ValueError(f"normalize(mad_robustize): {int((scale == 0).sum())} feature(s) have MAD 0 in their "
-                         f"group's controls and epsilon is 0, which would divide by zero: {_names(pairs)}; "
+                         f"group's controls and epsilon is 0, which would divide by zero: {format_names(pairs)}; "
                          "drop them first (JUMP recipe 'var' step, feature_select) or set epsilon > 0")
     _report_zero(zero, groups, values.columns, method="mad_robustize", on_zero_scale=on_zero_scale,
                  handling=f"divided by epsilon={eps:g} as pycytominer does (values can become very large)")
@@ -409,7 +451,7 @@ def fit_spherize(controls: np.ndarray, *, method: str = "ZCA-cor", center: bool 
             idx = np.flatnonzero(zero).tolist()
             names = [feature_names[i] for i in idx] if feature_names is not None else idx
             raise ValueError(f"spherize {method}: {int(zero.sum())} feature(s) have zero variance in the "
-                             f"controls of {label}: {_names(names)}; "
+                             f"controls of {label}: {format_names(names)}; "
                              "remove low-variance features first")
         sd = np.sqrt(var)
     z = (x - mean) / sd
@@ -445,7 +487,7 @@ def _spherize(values, groups, mask, method, center, eps):
     nan_ctrl = np.isnan(x[mask]).any(axis=0)
     if nan_ctrl.any():
         raise ValueError(f"spherize: {int(nan_ctrl.sum())} feature(s) have missing values in the control rows: "
-                         f"{_names([values.columns[j] for j in np.flatnonzero(nan_ctrl)])}; drop or impute them")
+                         f"{format_names([values.columns[j] for j in np.flatnonzero(nan_ctrl)])}; drop or impute them")
     nan_rows = np.isnan(x).any(axis=1)
     if nan_rows.any():
         logger.warning("spherize: %d row(s) have missing feature values; they mix into every output feature "
@@ -459,7 +501,7 @@ def _spherize(values, groups, mask, method, center, eps):
 
 
 def _frame_from(arr: np.ndarray, names: list[str]) -> pl.DataFrame:
-    df = pl.DataFrame(arr, schema=names, orient="row")
+    df = pl.DataFrame([pl.Series(c, arr[:, j]) for j, c in enumerate(names)]) if names else pl.DataFrame()
     if np.isnan(arr).any():
         df = df.with_columns(pl.all().fill_nan(None))
     return df

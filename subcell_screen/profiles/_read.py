@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ._frame import THREADS
+from .frames import THREADS
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def read_site_arrays(files: Sequence[str | Path], *, column: str = "features", t
     column : str
         The fixed-width feature-array column (``pl.Array(pl.Float32 | pl.Float64, D)``).
     threads : int, optional
-        Threads decoding pages (decompression releases the GIL); default ``_frame.THREADS``.
+        Threads decoding pages (decompression releases the GIL); default ``frames.THREADS``.
     progress : bool, optional
         Progress bar over files (default off).
 

@@ -47,20 +47,21 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from ._frame import (
-    _names,
+from .frames import (
+    as_frame,
     as_list,
-    check_frame,
     columns_of,
     feature_frame,
+    format_names,
     in_threads,
     infer_features,
     is_pandas,
@@ -69,7 +70,8 @@ from ._frame import (
     row_mask,
 )
 
-__all__ = ["feature_select", "features_to_exclude", "default_blocklist", "FEATURE_SELECT_OPERATIONS"]
+__all__ = ["feature_select", "features_to_exclude", "default_blocklist", "read_blocklist", "calculate_frequency",
+           "FEATURE_SELECT_OPERATIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +95,9 @@ def feature_select(
     profiles: Any,
     *,
     operation: str | Sequence[str] = "variance_threshold",
-    features: Sequence[str] | None = None,
-    samples: pl.Expr | np.ndarray | None = None,
+    features: Sequence[str] | Literal["infer"] = "infer",
+    image_features: bool = False,
+    samples: Any = None,
     na_cutoff: float = 0.05,
     corr_threshold: float = 0.9,
     corr_method: str = "pearson",
@@ -103,6 +106,7 @@ def feature_select(
     min_variance: float = 1e-6,
     blocklist: str | Sequence[str] | None = None,
     blocklist_name: str | Sequence[str] | None = None,
+    blocklist_file: str | os.PathLike | None = None,
     outlier_cutoff: float = 500.0,
     noise_removal_perturb_groups: str | Sequence[Any] | None = None,
     noise_removal_stdev_cutoff: float | None = None,
@@ -112,20 +116,29 @@ def feature_select(
 
     Parameters
     ----------
-    profiles : polars.DataFrame or pandas.DataFrame
-        Wide profiles (``Metadata_*`` columns plus numeric features).
+    profiles : polars.DataFrame, pandas.DataFrame or path
+        Wide profiles (``Metadata_*`` columns plus features); a CSV/TSV/Parquet path is read with
+        :func:`~subcell_screen.profiles.frames.load_profiles`.
     operation : str or list of str
-        Operations from :data:`FEATURE_SELECT_OPERATIONS`, applied in order.
-    features : list of str, optional
-        Candidate features; default every numeric column not prefixed ``Metadata_``.
-    samples : polars.Expr or boolean mask, optional
-        Rows the statistics are computed on (pycytominer ``samples``); ``None`` = all rows.
+        Operations from :data:`FEATURE_SELECT_OPERATIONS`, applied in order. Once earlier operations have
+        excluded every feature, the later ones exclude nothing (the result keeps the other columns).
+    features : list of str or "infer"
+        Candidate features; ``"infer"`` as pycytominer (see
+        :func:`~subcell_screen.profiles.frames.infer_features`).
+    image_features : bool
+        Also consider numeric ``Image_*`` columns (with ``features="infer"``).
+    samples : polars.Expr, mapping, query string or boolean mask, optional
+        Rows the statistics are computed on (pycytominer ``samples``, e.g.
+        ``"Metadata_treatment != 'control'"``); ``None`` or ``"all"`` = all rows.
     na_cutoff, corr_threshold, corr_method, freq_cut, unique_cut, min_variance, outlier_cutoff
         As pycytominer.
     blocklist : str or list of str, optional
         Features to block (``operation`` must include ``blocklist``); default pycytominer's default list.
     blocklist_name : str or list of str, optional
         Named lists of pycytominer's packaged ``default_blocklists.yaml``.
+    blocklist_file : str or path-like, optional
+        A CSV file with a ``blocklist`` column of feature names (pycytominer ``blocklist_file``); used when
+        ``blocklist`` is not given.
     noise_removal_perturb_groups : str or sequence
         Column name (or per-row labels of the ``samples`` rows) defining perturbation groups.
     noise_removal_stdev_cutoff : float
@@ -136,13 +149,16 @@ def feature_select(
     Returns
     -------
     polars.DataFrame or pandas.DataFrame
-        ``profiles`` without the excluded feature columns (other columns and row order unchanged).
+        ``profiles`` without the excluded feature columns (other columns and row order unchanged; polars for
+        a path).
     """
+    profiles = as_frame(profiles)
     excluded = features_to_exclude(
-        profiles, operation=operation, features=features, samples=samples, na_cutoff=na_cutoff,
-        corr_threshold=corr_threshold, corr_method=corr_method, freq_cut=freq_cut, unique_cut=unique_cut,
-        min_variance=min_variance, blocklist=blocklist, blocklist_name=blocklist_name,
-        outlier_cutoff=outlier_cutoff, noise_removal_perturb_groups=noise_removal_perturb_groups,
+        profiles, operation=operation, features=features, image_features=image_features, samples=samples,
+        na_cutoff=na_cutoff, corr_threshold=corr_threshold, corr_method=corr_method, freq_cut=freq_cut,
+        unique_cut=unique_cut, min_variance=min_variance, blocklist=blocklist, blocklist_name=blocklist_name,
+        blocklist_file=blocklist_file, outlier_cutoff=outlier_cutoff,
+        noise_removal_perturb_groups=noise_removal_perturb_groups,
         noise_removal_stdev_cutoff=noise_removal_stdev_cutoff, block_size=block_size)
     drop = {f for fs in excluded.values() for f in fs}
     logger.info("feature_select: %d column(s) excluded (%s)", len(drop),
@@ -156,8 +172,9 @@ def features_to_exclude(
     profiles: Any,
     *,
     operation: str | Sequence[str] = "variance_threshold",
-    features: Sequence[str] | None = None,
-    samples: pl.Expr | np.ndarray | None = None,
+    features: Sequence[str] | Literal["infer"] = "infer",
+    image_features: bool = False,
+    samples: Any = None,
     na_cutoff: float = 0.05,
     corr_threshold: float = 0.9,
     corr_method: str = "pearson",
@@ -166,6 +183,7 @@ def features_to_exclude(
     min_variance: float = 1e-6,
     blocklist: str | Sequence[str] | None = None,
     blocklist_name: str | Sequence[str] | None = None,
+    blocklist_file: str | os.PathLike | None = None,
     outlier_cutoff: float = 500.0,
     noise_removal_perturb_groups: str | Sequence[Any] | None = None,
     noise_removal_stdev_cutoff: float | None = None,
@@ -178,12 +196,14 @@ def features_to_exclude(
     dict of str to list of str
         Operation -> excluded column names (in column order), for the operations that ran.
     """
-    check_frame(profiles)
+    profiles = as_frame(profiles)
     ops = as_list(operation)
     unknown = [op for op in ops if op not in FEATURE_SELECT_OPERATIONS]
     if unknown:
         raise ValueError(f"unknown operation(s) {unknown}; choose from {FEATURE_SELECT_OPERATIONS}")
-    feats = infer_features(profiles, features)
+    if "noise_removal" in ops and (noise_removal_perturb_groups is None or noise_removal_stdev_cutoff is None):
+        raise ValueError("noise_removal needs noise_removal_perturb_groups and noise_removal_stdev_cutoff")
+    feats = infer_features(profiles, features, image_features=image_features)
     mask = row_mask(profiles, samples, name="samples")
     if mask.all():
         rows = profiles
@@ -194,7 +214,9 @@ def features_to_exclude(
     out: dict[str, list[str]] = {}
     for op in ops:
         cur = pick_columns(values, remaining)
-        if op == "variance_threshold":
+        if op != "blocklist" and not remaining:
+            exc = []  # earlier operations excluded every feature (pycytominer returns the metadata)
+        elif op == "variance_threshold":
             exc = _variance_threshold(cur, min_variance)
         elif op == "frequency_threshold":
             exc = _frequency_threshold(cur, freq_cut, unique_cut)
@@ -203,13 +225,13 @@ def features_to_exclude(
         elif op == "correlation_threshold":
             exc = _correlation_threshold(cur, corr_threshold, corr_method, block_size)
         elif op == "blocklist":
-            listed = set(_resolve_blocklist(blocklist, blocklist_name))
+            listed = set(_resolve_blocklist(blocklist, blocklist_name, blocklist_file))
             exc = [c for c in columns_of(profiles) if c in listed]
         elif op == "drop_outliers":
             exc = _drop_outliers(cur, outlier_cutoff)
         else:
             exc = _noise_removal(cur, rows, noise_removal_perturb_groups, noise_removal_stdev_cutoff)
-        out[op] = exc
+        out[op] = out.get(op, []) + [c for c in exc if c not in out.get(op, [])]  # an operation may repeat
         gone = set(exc)
         remaining = [f for f in remaining if f not in gone]
     return out
@@ -222,7 +244,7 @@ def _check_finite(values: pl.DataFrame, op: str) -> None:
     inf = values.select(pl.all().is_infinite().any())
     bad = [c for c in inf.columns if inf[c][0]]
     if bad:
-        raise ValueError(f"{op}: feature(s) contain infinite values: {_names(bad)}")
+        raise ValueError(f"{op}: feature(s) contain infinite values: {format_names(bad)}")
 
 
 def _variance_threshold(values: pl.DataFrame, min_variance: float) -> list[str]:
@@ -308,6 +330,30 @@ def _frequency_threshold(values: pl.DataFrame, freq_cut: float, unique_cut: floa
     return [c for c, e in zip(names, exclude) if e]
 
 
+def calculate_frequency(values: Any) -> float:
+    """Count of the second most common value over count of the most common one (pycytominer
+    ``calculate_frequency``, the statistic of ``frequency_threshold``).
+
+    Parameters
+    ----------
+    values : array-like, polars.Series or pandas.Series
+        One feature's values; missing values (null, NaN) are ignored.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0.0 when fewer than two distinct values are present.
+    """
+    s = values if isinstance(values, pl.Series) else pl.Series("v", np.asarray(
+        values.to_numpy() if hasattr(values, "to_numpy") else values))
+    if s.dtype.is_float():
+        s = s.fill_nan(None) + 0.0  # -0.0 and 0.0 count as one value, as in pandas
+    counts = np.sort(s.drop_nulls().value_counts().get_column("count").to_numpy())
+    if counts.size < 2:
+        return 0.0
+    return float(counts[-2] / counts[-1])
+
+
 def _drop_na_columns(values: pl.DataFrame, cutoff: float) -> list[str]:
     if not 0 <= cutoff <= 1:
         raise ValueError("na_cutoff must be between 0 and 1")
@@ -368,9 +414,29 @@ def default_blocklist(name: str = "default") -> list[str]:
     return list(lists[name])
 
 
-def _resolve_blocklist(blocklist: str | Sequence[str] | None, names: str | Sequence[str] | None) -> list[str]:
+def read_blocklist(path: str | os.PathLike) -> list[str]:
+    """Feature names of a blocklist file: a CSV with a ``blocklist`` column (pycytominer ``blocklist_file``).
+
+    Raises
+    ------
+    ValueError
+        The file has no ``blocklist`` column (the message names the file and its columns).
+    """
+    table = pl.read_csv(path, infer_schema=False)
+    if "blocklist" not in table.columns:
+        raise ValueError(f"blocklist file {str(path)!r} has no 'blocklist' column (columns: "
+                         f"{format_names(table.columns)})")
+    return [str(x) for x in table.get_column("blocklist").drop_nulls().to_list()]
+
+
+def _resolve_blocklist(blocklist: str | Sequence[str] | None, names: str | Sequence[str] | None,
+                       path: str | os.PathLike | None = None) -> list[str]:
+    if blocklist is not None and path is not None:
+        raise ValueError("give blocklist or blocklist_file, not both")
     if blocklist is not None:
         return [blocklist] if isinstance(blocklist, str) else [str(b) for b in blocklist]
+    if path is not None:
+        return read_blocklist(path)
     out: list[str] = []
     for name in as_list(names) or ["default"]:
         out += default_blocklist(name)

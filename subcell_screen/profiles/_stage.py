@@ -168,7 +168,7 @@ def build_profile_sets(wide: pl.DataFrame, *, section: ProfilesSection) -> Profi
         messages += msgs
         todo = wide.filter(pl.col("Metadata_Plate").is_in(plates))
         if todo.height:
-            from ._frame import NEGCON
+            from .frames import NEGCON
 
             kwargs: dict = {}
             if sec.normalize == "mad_robustize":
@@ -194,7 +194,7 @@ def build_profile_sets(wide: pl.DataFrame, *, section: ProfilesSection) -> Profi
         else:
             from ._batch import correct_batch
 
-            corrected = correct_batch(target, by=batch_col, method="harmony")
+            corrected = correct_batch(target, batch_col=batch_col, method="harmony", features=_features(target))
             if selected is not None:
                 selected = corrected
             else:

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import _frames as fr
+from ..profiles import frames as fr
 from ._hits import cell_count_fraction, effect_sizes
-from ._presets import DEFAULT_NEGCON, phenotypic_activity
+from ._presets import phenotypic_activity
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def dose_response(
     *,
     pert_col: str = "Metadata_perturbation_id",
     conc_col: str = "Metadata_concentration",
-    negcon: Any = DEFAULT_NEGCON,
+    controls: Any = fr.NEGCON,
     activity: str = "projection",
     count_col: str | None = "Metadata_Count_Cells",
     plate_col: str | None = "Metadata_Plate",
@@ -264,6 +264,8 @@ def dose_response(
     ----------
     meta, feats
         Well-level metadata and normalised profiles.
+    controls : polars expression, mapping, query string or bool array
+        Negative-control rows (default :data:`~subcell_screen.profiles.NEGCON`).
     activity : {"projection", "effect_size", "map"}
         ``"projection"`` (default): each well's shift from the control mean projected on the series' response
         direction (mean shift at its top concentrations, leave-one-well-out, in control-sd units), fitted per
@@ -283,7 +285,7 @@ def dose_response(
     """
     fr.check_frame(meta)
     fr.require_columns(meta, [pert_col, conc_col])
-    ctrl = fr.row_mask(meta, negcon)
+    ctrl = fr.row_mask(meta, controls)
     conc = np.asarray(fr.column_numpy(meta, conc_col), dtype=np.float64)
     has_dose = ~ctrl & np.isfinite(conc)
     pm = fr.to_polars(meta).select(pert_col, conc_col)
@@ -299,7 +301,7 @@ def dose_response(
     by = [pert_col, conc_col]
     well_scores: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
     if activity == "projection":
-        ctrl_s = fr.row_mask(sub, negcon)
+        ctrl_s = fr.row_mask(sub, controls)
         x0 = np.asarray(xs[ctrl_s], dtype=np.float64)
         if len(x0) < 2:
             raise ValueError("projection activity needs at least 2 negative-control wells")
@@ -316,18 +318,18 @@ def dose_response(
                              "activity": float(np.mean(sc[on]))})
         pts = pl.DataFrame(recs).with_columns(pl.col(pert_col).cast(fr.to_polars(sub).schema[pert_col]))
     elif activity == "effect_size":
-        pts = effect_sizes(sub, xs, by=by, negcon=negcon, n_boot=0).select(*by, "n_wells",
+        pts = effect_sizes(sub, xs, by=by, controls=controls, n_boot=0).select(*by, "n_wells",
                                                                             pl.col("effect_size").alias("activity"))
     elif activity == "map":
-        res = phenotypic_activity(sub, xs, pert_col=pert_col, negcon=negcon, by=by, null_size=null_size,
+        res = phenotypic_activity(sub, xs, pert_col=pert_col, controls=controls, by=by, null_size=null_size,
                                   seed=seed, distance=distance, backend=backend, device=device)
         m = fr.to_polars(res.map)
         pts = m.select(*by, pl.col("indices").list.len().alias("n_wells"),
                        pl.col("mean_average_precision").alias("activity"))
     else:
         raise ValueError(f"activity must be 'projection', 'effect_size' or 'map', got {activity!r}")
-    if count_col is not None and count_col in fr.columns(meta):
-        cc = cell_count_fraction(sub, count_col=count_col, by=by, negcon=negcon, plate_col=plate_col)
+    if count_col is not None and count_col in fr.columns_of(meta):
+        cc = cell_count_fraction(sub, count_col=count_col, by=by, controls=controls, plate_col=plate_col)
         pts = pts.join(cc, on=by, how="left")
     else:
         pts = pts.with_columns(pl.lit(None, dtype=pl.Float64).alias("cell_count_fraction"))

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import _frames as fr
-from ._presets import DEFAULT_NEGCON, phenotypic_activity
+from ..profiles import frames as fr
+from ._presets import phenotypic_activity
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def effect_sizes(
     feats: Any,
     *,
     by: Sequence[str] = ("Metadata_perturbation_id",),
-    negcon: Any = DEFAULT_NEGCON,
+    controls: Any = fr.NEGCON,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int | None = 0,
@@ -65,7 +65,7 @@ def effect_sizes(
         Normalised profiles.
     by : list of str
         Group columns (default the perturbation id; add the concentration for per-dose effects).
-    negcon : str, mapping, polars expression or bool array
+    controls : polars expression, mapping, query string or bool array
         Negative-control rows (excluded from the groups).
     n_boot : int
         Bootstrap draws for the CI (0 skips the CI).
@@ -83,7 +83,7 @@ def effect_sizes(
     by = list(by)
     fr.require_columns(meta, by)
     x = np.asarray(fr.as_matrix(feats, n=fr.n_rows(meta)), dtype=np.float64)
-    ctrl = fr.row_mask(meta, negcon)
+    ctrl = fr.row_mask(meta, controls)
     n0 = int(ctrl.sum())
     if n0 < 2:
         raise ValueError(f"effect sizes need at least 2 negative-control rows, found {n0}")
@@ -137,7 +137,7 @@ def cell_count_fraction(
     *,
     count_col: str = "Metadata_Count_Cells",
     by: Sequence[str] = ("Metadata_perturbation_id",),
-    negcon: Any = DEFAULT_NEGCON,
+    controls: Any = fr.NEGCON,
     plate_col: str | None = "Metadata_Plate",
 ) -> pl.DataFrame:
     """Cell count of each group relative to the negative controls (1 = as many cells as controls).
@@ -153,9 +153,9 @@ def cell_count_fraction(
     fr.check_frame(meta)
     fr.require_columns(meta, [count_col, *by])
     counts = np.asarray(fr.column_numpy(meta, count_col), dtype=np.float64)
-    ctrl = fr.row_mask(meta, negcon)
+    ctrl = fr.row_mask(meta, controls)
     ref = np.full(len(counts), np.nan)
-    if plate_col is not None and plate_col in fr.columns(meta):
+    if plate_col is not None and plate_col in fr.columns_of(meta):
         plates = fr.column_numpy(meta, plate_col)
         for p in np.unique(plates.astype(str)):
             on = plates.astype(str) == p
@@ -179,7 +179,7 @@ def hit_table(
     feats: Any,
     *,
     pert_col: str = "Metadata_perturbation_id",
-    negcon: Any = DEFAULT_NEGCON,
+    controls: Any = fr.NEGCON,
     plate_col: str | None = "Metadata_Plate",
     count_col: str | None = "Metadata_Count_Cells",
     activity: Any = None,
@@ -207,6 +207,10 @@ def hit_table(
     ----------
     meta, feats
         Well-level metadata and normalised profiles.
+    controls : polars expression, mapping, query string or bool array
+        Negative-control rows (default :data:`~subcell_screen.profiles.NEGCON`).
+    plate_col : str, optional
+        Plate column: cell counts are relative to the control median of each well's plate.
     activity : DataFrame, optional
         A precomputed :func:`phenotypic_activity` mAP table (grouped by ``pert_col``); computed if omitted.
     min_effect_size : float
@@ -224,14 +228,14 @@ def hit_table(
     """
     fr.check_frame(meta)
     if activity is None:
-        activity = phenotypic_activity(meta, feats, pert_col=pert_col, negcon=negcon, neg_sameby=neg_sameby,
+        activity = phenotypic_activity(meta, feats, pert_col=pert_col, controls=controls, neg_sameby=neg_sameby,
                                        null_size=null_size, threshold=q_threshold, seed=seed, distance=distance,
                                        backend=backend, device=device, progress=progress).map
     act = fr.to_polars(activity).select(pert_col, "mean_average_precision", "p_value", "corrected_p_value")
-    es = effect_sizes(meta, feats, by=[pert_col], negcon=negcon, n_boot=n_boot, ci=ci, seed=seed)
+    es = effect_sizes(meta, feats, by=[pert_col], controls=controls, n_boot=n_boot, ci=ci, seed=seed)
     out = es.select(pert_col, "n_wells", "effect_size", "ci_low", "ci_high").join(act, on=pert_col, how="left")
-    if count_col is not None and count_col in fr.columns(meta):
-        cc = cell_count_fraction(meta, count_col=count_col, by=[pert_col], negcon=negcon, plate_col=plate_col)
+    if count_col is not None and count_col in fr.columns_of(meta):
+        cc = cell_count_fraction(meta, count_col=count_col, by=[pert_col], controls=controls, plate_col=plate_col)
         out = out.join(cc, on=pert_col, how="left")
     else:
         out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias("cell_count_fraction"))

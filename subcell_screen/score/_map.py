@@ -8,8 +8,13 @@ Agreement with copairs (tested in ``tests/test_score_map.py``)
   copairs' key ``float32(1) - sim`` with positives ranked before negatives on ties (its stable lexsort over the
   concatenated positive-then-negative pair lists). AP = (1/P) * sum over positives of precision at their rank.
 * AP and normalized AP agree with copairs to ~1e-15 for float64 features (the only difference is the order of
-  float64 additions); ``n_pos_pairs``/``n_total_pairs`` are identical. For float32 features copairs computes
-  cosines in float32 (~1e-7 error), so near-ties may rank differently there.
+  float64 additions); ``n_pos_pairs``/``n_total_pairs`` are identical.
+* **Tie rule.** Similarities are always computed in float64 (float32 features are upcast first), then rounded
+  to float32; pairs with equal rounded similarity rank positives first. So the AP of float32 features equals
+  the AP of the same values as float64, and copairs' AP on float64. copairs computes float32 features' cosines
+  in float32, where exactly tied similarities (e.g. scaled copies of a profile) come out in a rounding-noise
+  order: on such ties its AP differs (0.5 instead of 0.75 in
+  ``tests/test_score_compat.py::test_tied_similarities_rank_positives_first_whatever_the_feature_dtype``).
 * mAP is the Kahan-summed group mean (as pandas' groupby mean); p-values use copairs' exact null draws (see
   :mod:`._null`), so for the same ``seed`` and ``null_size`` they are *equal* to copairs' with a fresh cache.
   BH correction: :func:`._multitest.fdr_bh`, bitwise equal to statsmodels' ``multipletests(method="fdr_bh")``
@@ -21,20 +26,22 @@ Agreement with copairs (tested in ``tests/test_score_map.py``)
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from . import _frames as fr
+from ..profiles import frames as fr
 from ._engine import PairRule, run_engine, validate_distance
-from ._multitest import fdr_bh
+from ._multitest import fdr_bh, fdr_bh_reject
 from ._null import NullCache, kahan_group_mean
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["average_precision", "multilabel_average_precision", "mean_average_precision", "fraction_retrieved",
+__all__ = ["average_precision", "multilabel_average_precision", "mean_average_precision",
+           "mean_average_precision_hierarchical", "fraction_retrieved", "expected_ap", "normalize_ap",
            "UnpairedException"]
 
 
@@ -60,7 +67,7 @@ def _expected_ap(m: np.ndarray, n_neg: np.ndarray) -> np.ndarray:
     out = np.zeros(len(m), dtype=np.float64)
     lmax = int(length.max()) if len(length) else 0
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, lmax + 1, dtype=np.float64))])
-    h = harmonic[length]
+    h = harmonic[np.maximum(length, 0)]
     lf = length.astype(np.float64)
     mf = m.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -79,20 +86,163 @@ def _normalize_ap(ap: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray, eps: flo
         return np.clip((ap - mu0) / den, -1.0, 1.0)
 
 
+def _pair_counts(n_pos: Any, n_neg: Any) -> tuple[np.ndarray, np.ndarray]:
+    m = np.atleast_1d(np.asarray(n_pos))
+    n = np.atleast_1d(np.asarray(n_neg))
+    for name, v in (("n_pos", m), ("n_neg", n)):
+        if v.dtype.kind not in "iuf" or (v.dtype.kind == "f" and not np.all(v == np.round(v))):
+            raise ValueError(f"{name} must hold whole numbers of pairs, got {v!r}")
+    m, n = np.broadcast_arrays(m.astype(np.int64), n.astype(np.int64))
+    bad = (m < 0) | (n < 0) | (m + n < 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"invalid pair counts n_pos={int(m[i])}, n_neg={int(n[i])}: need n_pos, n_neg >= 0 and "
+                         "n_pos + n_neg >= 1")
+    return m, n
+
+
+def expected_ap(n_pos: Any, n_neg: Any) -> Any:
+    """Expected average precision of a random ranking (copairs ``expected_ap``, exact finite-sample formula).
+
+    ``E[AP] = (1/L) * ((M - 1)/(L - 1) * (L - H_L) + H_L)`` with ``M = n_pos``, ``L = n_pos + n_neg`` and
+    ``H_L`` the L-th harmonic number (1 when every item is positive, 0 without positives).
+
+    Parameters
+    ----------
+    n_pos, n_neg : int or array of int
+        Positive and negative pairs of each ranked list (broadcast against each other).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        A float for scalar inputs, else a float64 array.
+
+    Raises
+    ------
+    ValueError
+        A negative count, or an empty list (``n_pos + n_neg < 1``).
+    """
+    scalar = np.isscalar(n_pos) and np.isscalar(n_neg)
+    m, n = _pair_counts(n_pos, n_neg)
+    out = _expected_ap(m.ravel(), n.ravel()).reshape(m.shape)
+    return float(out[0]) if scalar else out
+
+
+def normalize_ap(ap: Any, n_pos: Any, n_neg: Any, *, eps: float = 1e-10) -> Any:
+    """Chance-corrected AP ``(AP - E[AP]) / (1 - E[AP])``, clipped to [-1, 1] (copairs ``normalize_ap``).
+
+    0 is chance level, 1 a perfect ranking, negative worse than chance; this is the
+    ``normalized_average_precision`` column of :func:`average_precision`.
+
+    Parameters
+    ----------
+    ap : float or array
+        Average precision(s).
+    n_pos, n_neg : int or array of int
+        Positive and negative pairs behind each AP (broadcast against ``ap``).
+    eps : float
+        Floor of the denominator (``E[AP]`` close to 1).
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    scalar = np.isscalar(ap) and np.isscalar(n_pos) and np.isscalar(n_neg)
+    m, n = _pair_counts(n_pos, n_neg)
+    a, m, n = np.broadcast_arrays(np.atleast_1d(np.asarray(ap, dtype=np.float64)), m, n)
+    out = _normalize_ap(a.ravel(), m.ravel(), n.ravel(), eps).reshape(a.shape)
+    return float(out[0]) if scalar else out
+
+
+def _encode(df: Any, col: str) -> np.ndarray:
+    """Integer codes (int64, 0..n_levels-1) of one metadata column; equal values share a code.
+
+    Raises
+    ------
+    ValueError
+        If the column holds missing values (naming the column and the first offending row).
+    """
+    if isinstance(df, pl.DataFrame):
+        s = df.get_column(col)
+        bad = s.is_null()
+        if s.dtype.is_float():
+            bad = bad | s.is_nan()
+        if bool(bad.any()):
+            row = int(bad.arg_max())
+            raise ValueError(f"metadata column {col!r} has missing values (first at row {row}); "
+                             "pair columns must be complete (copairs rule)")
+        if s.dtype == pl.Boolean:
+            s = s.cast(pl.UInt8)
+        if isinstance(s.dtype, pl.List | pl.Array | pl.Struct | pl.Object):
+            raise ValueError(f"metadata column {col!r} holds lists; pass it as multilabel_col")
+        return (s.rank("dense").cast(pl.Int64) - 1).to_numpy()
+    import pandas as pd
+
+    s = df[col]
+    codes, _ = pd.factorize(s, use_na_sentinel=True)
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0])
+        raise ValueError(f"metadata column {col!r} has missing values (first at row {row}); "
+                         "pair columns must be complete (copairs rule)")
+    return codes.astype(np.int64)
+
+
+_QUERY_COL = re.compile(r"(\w+)\s*[=<>!]+")
+
+
+def _split_filters(specs: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split copairs-style column lists into plain column names and query-string filters.
+
+    Returns ``(columns, queries)``: each entry that is not a column name must be a pandas-query filter such as
+    ``"Metadata_x != 'y'"``; the column(s) it names join ``columns``.
+    """
+    cols: list[str] = []
+    queries: list[str] = []
+    for spec in specs:
+        if spec in available:
+            cols.append(spec)
+            continue
+        named = [c for c in _QUERY_COL.findall(spec) if c in available]
+        if not named:
+            raise ValueError(f"{spec!r} is neither a metadata column nor a query on one; available: "
+                             f"{sorted(available)[:40]}")
+        queries.append(spec)
+        cols.extend(named)
+    return cols, queries
+
+
+def _eval_queries(df: Any, queries: Sequence[str]) -> np.ndarray:
+    """Boolean row mask of the AND of pandas-query filters (evaluated with pandas on the named columns)."""
+    if not queries:
+        return np.ones(fr.n_rows(df), dtype=bool)
+    import pandas as pd
+
+    pdf = df.to_pandas() if isinstance(df, pl.DataFrame) else df.reset_index(drop=True)
+    expr = " & ".join(f"({q})" for q in queries)
+    try:
+        mask = pdf.eval(expr)
+    except Exception as exc:  # pandas raises many kinds
+        raise ValueError(f"invalid query filter {expr!r}: {exc}") from exc
+    mask = np.asarray(pd.Series(mask).to_numpy(), dtype=bool)
+    if not mask.any():
+        raise ValueError(f"no rows match the query filter {expr!r}")
+    return mask
+
+
 def _prepare(meta: Any, feats: Any, specs: dict[str, list[str]], multilabel_col: str | None
              ) -> tuple[Any, np.ndarray, dict[str, list[str]]]:
     """Apply query filters, validate inputs; return (filtered meta, feats matrix, plain column lists)."""
     fr.check_frame(meta)
-    available = fr.columns(meta)
+    available = fr.columns_of(meta)
     plain: dict[str, list[str]] = {}
     queries: list[str] = []
     for key, cols in specs.items():
-        c, q = fr.split_filters(cols, available)
+        c, q = _split_filters(cols, available)
         plain[key] = c
         queries.extend(q)
     n0 = fr.n_rows(meta)
     x = fr.as_matrix(feats)
-    keep = fr.eval_queries(meta, queries)
+    keep = _eval_queries(meta, queries)
     if queries:
         meta = fr.take(meta, np.flatnonzero(keep))
         if x.shape[0] == n0:
@@ -125,7 +275,7 @@ def _encode_rules(meta: Any, plain: dict[str, list[str]], multilabel_col: str | 
         for c in plain[key]:
             if c != multilabel_col and c not in cols:
                 cols.append(c)
-    codes = (np.column_stack([fr.encode(meta, c) for c in cols]) if cols
+    codes = (np.column_stack([_encode(meta, c) for c in cols]) if cols
              else np.zeros((fr.n_rows(meta), 0), dtype=np.int64))
     ix = {c: i for i, c in enumerate(cols)}
 
@@ -390,7 +540,7 @@ def mean_average_precision(
     keep = ~np.isnan(apv) & (np.nan_to_num(npos) > 0)
     sub = fr.take(ap, np.flatnonzero(keep))
     apv, npos, ntot = apv[keep], npos[keep].astype(np.int64), ntot[keep].astype(np.int64)
-    has_norm = "normalized_average_precision" in fr.columns(sub)
+    has_norm = "normalized_average_precision" in fr.columns_of(sub)
     if not len(apv):
         raise ValueError("no AP values with positive pairs to average")
     confs, rev = np.unique(np.column_stack([npos, ntot]), axis=0, return_inverse=True)
@@ -438,6 +588,76 @@ def mean_average_precision(
     cols.update({"p_value": pvals, "corrected_p_value": corrected, "below_p": pvals < threshold,
                  "below_corrected_p": corrected < threshold})
     return keys.with_columns([pl.Series(k, v) for k, v in cols.items()])
+
+
+def mean_average_precision_hierarchical(
+    ap: Any,
+    *,
+    sameby: str | Sequence[str],
+    null_size: int,
+    threshold: float,
+    seed: int | None,
+    hierarchical_by: str | Sequence[str],
+    progress_bar: bool | None = None,
+    max_workers: int | None = None,
+    cache_dir: Any = None,
+) -> Any:
+    """Mean AP with two-stage (hierarchical) FDR control, for dose series (copairs 0.5.5
+    ``mean_average_precision_hierarchical``).
+
+    mAP and p-values are :func:`mean_average_precision`'s. Stage 1: the smallest p-value of each
+    ``hierarchical_by`` group (e.g. a compound over its doses) is BH-corrected across groups; a group passes
+    when that q-value is <= 0.05 (statsmodels' ``multipletests`` default, as copairs; ``threshold`` only sets
+    ``below_p``/``below_corrected_p``). Stage 2: within each passing group the members' p-values are
+    BH-corrected (a single member keeps its p-value); members of other groups get ``corrected_p_value = 1``.
+
+    Parameters
+    ----------
+    ap : DataFrame
+        As :func:`mean_average_precision`.
+    sameby : str or list of str
+        mAP groups, e.g. ``["Metadata_compound", "Metadata_dose"]``.
+    hierarchical_by : str or list of str
+        A proper subset of ``sameby``, e.g. ``["Metadata_compound"]``.
+    null_size, threshold, seed, progress_bar, max_workers, cache_dir
+        As :func:`mean_average_precision`.
+
+    Returns
+    -------
+    DataFrame (same type as ``ap``)
+        :func:`mean_average_precision`'s columns with ``stage1_p_value``, ``stage1_corrected_p_value`` and
+        ``stage1_significant`` inserted before ``corrected_p_value`` (copairs' column order).
+
+    Raises
+    ------
+    ValueError
+        ``hierarchical_by`` is not a proper subset of ``sameby``.
+    """
+    sameby = _as_list(sameby, "sameby")
+    hier = _as_list(hierarchical_by, "hierarchical_by")
+    if not set(hier) <= set(sameby):
+        raise ValueError(f"hierarchical_by columns {hier} must be a subset of sameby columns {sameby}")
+    if set(hier) == set(sameby):
+        raise ValueError(f"hierarchical_by columns {hier} must be a proper subset of sameby columns {sameby}; "
+                         "for one level use mean_average_precision")
+    m = mean_average_precision(ap, sameby=sameby, null_size=null_size, threshold=threshold, seed=seed,
+                               progress_bar=progress_bar, max_workers=max_workers, cache_dir=cache_dir)
+    pvals = np.asarray(fr.column_numpy(m, "p_value"), dtype=np.float64)
+    gid, _ = _group_ids(m, hier)
+    n_groups = int(gid.max()) + 1 if len(gid) else 0
+    stage1 = np.full(n_groups, np.inf)
+    np.minimum.at(stage1, gid, pvals)
+    stage1_q = fdr_bh(stage1)
+    passed = fdr_bh_reject(stage1, alpha=0.05)
+    corrected = np.ones(len(pvals))
+    for g in np.flatnonzero(passed):
+        rows = np.flatnonzero(gid == g)
+        corrected[rows] = pvals[rows] if len(rows) == 1 else fdr_bh(pvals[rows])
+    base = [c for c in fr.columns_of(m) if c not in ("corrected_p_value", "below_p", "below_corrected_p")]
+    out = m[base] if fr.is_pandas(m) else m.select(base)
+    return fr.with_columns(out, {"stage1_p_value": stage1[gid], "stage1_corrected_p_value": stage1_q[gid],
+                                 "stage1_significant": passed[gid], "corrected_p_value": corrected,
+                                 "below_p": pvals < threshold, "below_corrected_p": corrected < threshold})
 
 
 def fraction_retrieved(map_table: Any, *, threshold: float | None = None) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fdr_bh"]
+__all__ = ["fdr_bh", "fdr_bh_reject"]
 
 
 def fdr_bh(pvals: np.ndarray) -> np.ndarray:
@@ -49,3 +49,32 @@ def fdr_bh(pvals: np.ndarray) -> np.ndarray:
     q = np.empty_like(q_sorted)
     q[order] = q_sorted
     return q
+
+
+def fdr_bh_reject(pvals: np.ndarray, *, alpha: float = 0.05) -> np.ndarray:
+    """Benjamini–Hochberg rejections at level ``alpha``: statsmodels' ``multipletests(pvals, alpha,
+    method="fdr_bh")[0]`` (the step-up rule ``p_(i) <= i / n * alpha``, largest such ``i`` and all below).
+
+    Parameters
+    ----------
+    pvals : array_like, shape (n,)
+        p-values in [0, 1].
+    alpha : float
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), bool
+        In the input order.
+    """
+    p = np.asarray(pvals, dtype=np.float64)
+    fdr_bh(p)  # validates
+    if p.size == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.argsort(p)
+    ecdf = np.arange(1, p.size + 1) / float(p.size)
+    rej = np.take(p, order) <= ecdf * alpha
+    if rej.any():
+        rej[:int(np.flatnonzero(rej).max())] = True
+    out = np.empty(p.size, dtype=bool)
+    out[order] = rej
+    return out

@@ -18,23 +18,20 @@ never pair as negatives: negatives of a treated row are exactly the control rows
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from . import _frames as fr
+from ..profiles import frames as fr
 from ._map import average_precision, fraction_retrieved, mean_average_precision, multilabel_average_precision
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RetrievalResult", "assign_reference_index", "phenotypic_activity", "replicate_retrieval",
-           "phenotypic_consistency", "DEFAULT_NEGCON"]
-
-#: Default negative-control selector: ``Metadata_control_type == "negcon"`` (the project's layout convention).
-DEFAULT_NEGCON: Mapping[str, str] = {"Metadata_control_type": "negcon"}
+           "phenotypic_consistency"]
 _REF = "Metadata_Reference_Index"
 
 
@@ -92,14 +89,14 @@ def assign_reference_index(
     return fr.with_columns(meta, {reference_col: ref})
 
 
-def _filled_codes_frame(meta: Any, cols: Sequence[str], negcon: np.ndarray) -> pl.DataFrame:
+def _filled_codes_frame(meta: Any, cols: Sequence[str], ctrl: np.ndarray) -> pl.DataFrame:
     """Polars frame of ``cols`` with missing values allowed only on control rows (filled with a sentinel)."""
     out = {}
     for c in dict.fromkeys(cols):
         v = fr.column_numpy(meta, c)
         miss = fr.null_mask(v)
-        if (miss & ~negcon).any():
-            row = int(np.flatnonzero(miss & ~negcon)[0])
+        if (miss & ~ctrl).any():
+            row = int(np.flatnonzero(miss & ~ctrl)[0])
             raise ValueError(f"metadata column {c!r} is missing at row {row}, a non-control row")
         s = pl.Series(c, [None if m else str(x) for x, m in zip(v, miss)], dtype=pl.String) if miss.any() \
             else pl.Series(c, v)
@@ -121,7 +118,7 @@ def phenotypic_activity(
     feats: Any,
     *,
     pert_col: str = "Metadata_perturbation_id",
-    negcon: Any = DEFAULT_NEGCON,
+    controls: Any = fr.NEGCON,
     by: Sequence[str] | None = None,
     neg_sameby: Sequence[str] = (),
     null_size: int = 10000,
@@ -142,7 +139,7 @@ def phenotypic_activity(
         Normalised profiles (e.g. robust z-scored against each plate's controls).
     pert_col : str
         Perturbation identifier.
-    negcon : str, mapping, polars expression or bool array
+    controls : polars expression, mapping, query string or bool array
         Negative-control rows (default ``Metadata_control_type == "negcon"``).
     by : list of str, optional
         Group columns (default ``[pert_col]``); e.g. ``[pert_col, "Metadata_concentration"]`` scores each dose.
@@ -163,9 +160,9 @@ def phenotypic_activity(
     fr.check_frame(meta)
     by = list(by) if by is not None else [pert_col]
     fr.require_columns(meta, [pert_col, *by, *neg_sameby])
-    ctrl = fr.row_mask(meta, negcon)
+    ctrl = fr.row_mask(meta, controls)
     if not ctrl.any():
-        raise ValueError(f"no negative-control rows match {negcon!r}")
+        raise ValueError(f"no negative-control rows match controls={controls!r}")
     work = _filled_codes_frame(meta, [pert_col, *by, *neg_sameby], ctrl)
     ids = np.where(ctrl, np.arange(len(ctrl)), -1)
     work = work.with_columns(pl.Series(_REF, ids))
@@ -185,7 +182,7 @@ def replicate_retrieval(
     *,
     pert_col: str = "Metadata_perturbation_id",
     plate_col: str = "Metadata_Plate",
-    negcon: Any = DEFAULT_NEGCON,
+    controls: Any = fr.NEGCON,
     by: Sequence[str] | None = None,
     neg_sameby: Sequence[str] = (),
     null_size: int = 10000,
@@ -201,7 +198,7 @@ def replicate_retrieval(
 
     Positives share ``by`` (default ``[pert_col]``) and differ in ``plate_col``; negatives are rows of other
     perturbations (optionally sharing ``neg_sameby``, e.g. the plate). Negative-control rows are removed
-    first (pass ``negcon=None`` to keep them as an ordinary perturbation).
+    first (pass ``controls=None`` to keep them as an ordinary perturbation).
 
     Returns
     -------
@@ -210,7 +207,7 @@ def replicate_retrieval(
     fr.check_frame(meta)
     by = list(by) if by is not None else [pert_col]
     fr.require_columns(meta, [pert_col, plate_col, *by, *neg_sameby])
-    keep = ~fr.row_mask(meta, negcon) if negcon is not None else np.ones(fr.n_rows(meta), dtype=bool)
+    keep = ~fr.row_mask(meta, controls) if controls is not None else np.ones(fr.n_rows(meta), dtype=bool)
     x = fr.as_matrix(feats, n=fr.n_rows(meta))
     sub = fr.take(meta, np.flatnonzero(keep))
     design = {"pos_sameby": list(by), "pos_diffby": [plate_col], "neg_sameby": list(neg_sameby),
@@ -270,7 +267,7 @@ def phenotypic_consistency(
     label_col: str = "Metadata_moa",
     sep: str | None = "|",
     pert_col: str = "Metadata_perturbation_id",
-    negcon: Any = DEFAULT_NEGCON,
+    controls: Any = fr.NEGCON,
     active: Any = None,
     aggregate: str = "median",
     null_size: int = 10000,
@@ -301,7 +298,7 @@ def phenotypic_consistency(
     """
     fr.check_frame(meta)
     fr.require_columns(meta, [pert_col, label_col])
-    keep = ~fr.row_mask(meta, negcon) if negcon is not None else np.ones(fr.n_rows(meta), dtype=bool)
+    keep = ~fr.row_mask(meta, controls) if controls is not None else np.ones(fr.n_rows(meta), dtype=bool)
     ids = _active_ids(active, pert_col)
     if ids is not None:
         keep &= np.isin(fr.column_numpy(meta, pert_col), list(ids))

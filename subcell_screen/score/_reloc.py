@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import _frames as fr
+from ..profiles import frames as fr
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def relocalization(
     protein_col: str = "Metadata_protein",
     pert_col: str = "Metadata_perturbation_id",
     plate_col: str = "Metadata_Plate",
-    negcon: Any = None,
+    controls: Any = fr.NEGCON,
     per_concentration: bool = False,
     conc_col: str = "Metadata_concentration",
     class_names: Sequence[str] = LOCALIZATION_CLASSES,
@@ -191,8 +191,8 @@ def relocalization(
     ratio_col : str, optional
         Well-level nuclear/cytoplasmic intensity ratio of the protein channel.
     protein_col, pert_col, plate_col : str
-    negcon : str, mapping, polars expression or bool array, optional
-        Control wells (default ``Metadata_control_type == "negcon"``).
+    controls : polars expression, mapping, query string or bool array
+        Control wells (default :data:`~subcell_screen.profiles.NEGCON`, ``Metadata_control_type == "negcon"``).
     per_concentration : bool
         Score each (protein, perturbation, concentration) separately instead of pooling concentrations.
     class_names : sequence of str
@@ -218,7 +218,7 @@ def relocalization(
         raise ValueError(f"probabilities have {probs.shape[1]} columns but class_names has {len(class_names)}")
     emb = _matrix(wells, embeddings, "embeddings")
     ratio = np.asarray(fr.column_numpy(wells, ratio_col), dtype=np.float64) if ratio_col else None
-    ctrl = fr.row_mask(wells, negcon if negcon is not None else {"Metadata_control_type": "negcon"})
+    ctrl = fr.row_mask(wells, controls)
     protein = fr.column_numpy(wells, protein_col).astype(str)
     pert = fr.column_numpy(wells, pert_col)
     plates = fr.column_numpy(wells, plate_col).astype(str)
