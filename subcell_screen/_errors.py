@@ -15,6 +15,7 @@ __all__ = [
     "ChannelMapError",
     "StoreError",
     "StoreVersionError",
+    "PipelineError",
 ]
 
 
@@ -71,3 +72,7 @@ class StoreError(SubcellScreenError, RuntimeError):
 
 class StoreVersionError(StoreError):
     """The screen store was written by an incompatible schema version."""
+
+
+class PipelineError(SubcellScreenError):
+    """A stage cannot run (missing inputs, no readable site on a plate, a plate without a pixel size, ...)."""

@@ -3,16 +3,17 @@
 ::
 
     plates table + layouts ──► store (plates, wells)
-    images ──► read_plate ──► check_sites ──► illumination (per plate, stored)
-        per site: load ──► site QC ──► segment ──► crops ──► SubCell embedding | classical features
-    per-cell Parquet ──► well profiles ──► normalise per plate ──► feature select ──► store (profiles)
-    profiles ──► activity mAP, hits, dose response, relocalization ──► store (scores, ...)
-    store ──► QC + hit reports (HTML)
+    images ──► engine: select sites ──► illumination ──► per site: load, QC, segment, crops, embed | features
+        (local executor, or Ray: subcell_screen.distributed)          ──► store (sites, masks, cells, Parquet)
+    per-cell Parquet ──► profiles.build_profile_sets ──► store (raw, normalized, feature_selected, consensus)
+    profiles ──► score.score_profiles ──► store (coverage, scores, dose response, relocalization)
+    store ──► report.build_reports (QC + hit reports, HTML)
 
-Every stage reads its inputs from the screen store and writes its outputs there, so each can run alone
-(:func:`run` with ``stages=``), and a run is resumable: sites whose stage finished (recorded in
-``site_stages``) are skipped unless ``force=True``; every write replaces the rows of its key, so a run killed
-at any point and restarted ends with exactly the rows of a clean run.
+Every stage builds itself from its config section, reads its inputs from the screen store and writes its
+outputs there, so each can run alone (:func:`run` with ``stages=``), and a run is resumable: sites whose stage
+finished (recorded in ``site_stages``, with their files present) are skipped unless ``force=True``; every write
+replaces the rows of its key, so a run killed at any point and restarted ends with exactly the rows of a
+clean run.
 
 Featurizer and segmenter are resolved before any work starts (:func:`plan_run`): when SubCell weights or
 Cellpose weights are missing, the run stops with the loader's error unless the config allows the classical
@@ -22,85 +23,29 @@ fallback; a fallback is announced in the plan's first lines, the log, the run re
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 
-from ._errors import SubcellScreenError
-from .config import RunConfig
+from ._errors import PipelineError
+from .engine import RunPlan, StageResult, feature_set_name
 
-__all__ = ["STAGES", "RunPlan", "StageResult", "RunResult", "plan_run", "run", "PipelineError"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
+    from .layouts import ScreenDesign
+    from .store import ScreenStore
+
+__all__ = ["STAGES", "RunPlan", "StageResult", "RunResult", "plan_run", "run", "PipelineError", "read_profiles",
+           "top_hits", "cpu_workers"]
 
 logger = logging.getLogger(__name__)
 
 #: Stages in data-flow order; ``run(stages=...)`` takes any subset.
 STAGES: tuple[str, ...] = ("segment", "embed", "profile", "score", "report")
-
-
-class PipelineError(SubcellScreenError):
-    """A stage cannot run (missing inputs, no readable site on a plate, ...)."""
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run will do, resolved before any work starts.
-
-    Attributes
-    ----------
-    device : str
-        Torch device used for SubCell (and Cellpose).
-    segmenter : str
-        ``classical`` or ``cellpose:<model>``.
-    featurizer : str
-        ``subcell:<model>`` or ``classical``.
-    feature_set : str
-        Name of the per-cell feature set in the store.
-    fallbacks : tuple of str
-        Human-readable notes on every fallback taken (empty when everything ran as configured).
-    """
-
-    device: str
-    segmenter: str
-    featurizer: str
-    feature_set: str
-    fallbacks: tuple[str, ...] = ()
-    models: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    _subcell: Any = field(default=None, repr=False, compare=False)
-    _cellpose: Any = field(default=None, repr=False, compare=False)
-
-    def lines(self) -> list[str]:
-        """The lines the CLI prints first."""
-        out = [f"featurizer: {self.featurizer}", f"segmenter:  {self.segmenter}", f"device:     {self.device}"]
-        out += [f"WARNING: {f}" for f in self.fallbacks]
-        return out
-
-
-@dataclass(frozen=True)
-class StageResult:
-    """Outcome of one stage."""
-
-    stage: str
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    cells: int = 0
-    seconds: float = 0.0
-    messages: tuple[str, ...] = ()
-
-    def line(self) -> str:
-        parts = [f"{self.stage:<8} {self.seconds:7.1f} s"]
-        if self.ok or self.failed or self.skipped:
-            parts.append(f"ok {self.ok}, failed {self.failed}, skipped {self.skipped}")
-        if self.cells:
-            parts.append(f"{self.cells} cells")
-        return "  ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -130,10 +75,6 @@ class RunResult:
 # planning
 
 
-def _feature_set_name(featurizer: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", featurizer.replace("subcell:", "subcell_").replace("/", "_"))
-
-
 def plan_run(config: RunConfig, *, stages: Sequence[str] = STAGES, load_models: bool = True) -> RunPlan:
     """Resolve device, segmenter and featurizer (loading models) before any work starts.
 
@@ -153,95 +94,64 @@ def plan_run(config: RunConfig, *, stages: Sequence[str] = STAGES, load_models: 
         loader's message names the file, where it looked and how to get it).
     """
     fallbacks: list[str] = []
+    notes: list[str] = []
     models: dict[str, Any] = {}
     device = "cpu"
-    need_torch = (("embed" in stages and config.embedding.featurizer == "subcell")
-                  or ("segment" in stages and config.segmentation.method == "cellpose"))
-    if need_torch:
+    if (("embed" in stages and config.embedding.featurizer == "subcell")
+            or ("segment" in stages and config.segmentation.method == "cellpose")):
         from .embed import select_device
 
         device = str(select_device(config.device))
 
-    segmenter = "classical"
-    cellpose_model = None
+    segmenter, cellpose_model = "classical", None
     if config.segmentation.method == "cellpose":
         segmenter = f"cellpose:{config.segmentation.weights or config.segmentation.model}"
         if "segment" in stages and load_models:
-            from .segment import CellposeWeightsError
+            from .segment import segmenter_from_config
 
-            try:
-                cellpose_model = _load_cellpose_model(config, device=device)
-            except CellposeWeightsError as exc:
-                if not config.segmentation.allow_fallback:
-                    raise
-                first = str(exc).splitlines()[0]
-                fallbacks.append(f"Cellpose weights not available ({first}); segmented with the classical "
-                                 "segmenter instead ([segmentation].allow_fallback = true)")
+            seg = segmenter_from_config(config.segmentation, device=device)
+            if seg.fallback:
+                fallbacks.append(seg.fallback)
                 segmenter = "classical"
-                logger.warning(fallbacks[-1])
+            cellpose_model = seg.model
 
-    featurizer = "classical"
-    subcell_model = None
+    featurizer, subcell_model = "classical", None
     if config.embedding.featurizer == "subcell":
         featurizer = f"subcell:{config.embedding.model}"
         if "embed" in stages and load_models:
-            from .embed import WeightsError
+            from .embed import WeightsError, load_model_from_config, model_provenance
 
             try:
-                subcell_model = _load_subcell_model(config, device=device)
-                models["subcell"] = {"name": config.embedding.model,
-                                     "files": getattr(subcell_model, "files", None) and
-                                     {k: str(v) for k, v in _files_info(subcell_model).items()}}
+                subcell_model = load_model_from_config(config.embedding, device=device)
             except WeightsError as exc:
                 if not config.embedding.allow_fallback:
                     raise
-                first = str(exc).splitlines()[0]
-                fallbacks.append(f"SubCell weights not available ({first}); used classical CellProfiler-style "
-                                 "features instead ([embedding].allow_fallback = true)")
+                fallbacks.append(f"SubCell weights not available ({str(exc).splitlines()[0]}); used classical "
+                                 "CellProfiler-style features instead ([embedding].allow_fallback = true)")
                 featurizer = "classical"
                 logger.warning(fallbacks[-1])
+            else:
+                weights = model_provenance(subcell_model)
+                models["subcell"] = {"name": config.embedding.model, "weights": weights}
+                if weights and not weights.get("verified", True):
+                    notes.append(f"weights: UNVERIFIED ({', '.join(weights.get('unverified', []))} not matched "
+                                 "against a published SHA-256)")
+                choice = getattr(subcell_model, "precision_choice", None)
+                if choice is not None:
+                    models["subcell"]["precision"] = {"precision": str(getattr(choice, "precision", choice)),
+                                                      "reason": str(getattr(choice, "reason", ""))}
+                    notes.append(f"precision:  {getattr(choice, 'precision', choice)} "
+                                 f"({getattr(choice, 'reason', '')})")
     return RunPlan(device=device, segmenter=segmenter, featurizer=featurizer,
-                   feature_set=_feature_set_name(featurizer), fallbacks=tuple(fallbacks), models=models,
-                   _subcell=subcell_model, _cellpose=cellpose_model)
+                   feature_set=feature_set_name(featurizer), fallbacks=tuple(fallbacks), models=models,
+                   notes=tuple(notes), cellpose_model=cellpose_model, subcell_model=subcell_model)
 
 
-def _load_cellpose_model(config: RunConfig, *, device: str) -> Any:
-    """The configured Cellpose model (:class:`~subcell_screen.segment.CellposeWeightsError` when missing)."""
-    from .segment import load_cellpose
+def cpu_workers(config: RunConfig, plan: RunPlan) -> int:
+    """Processes the local engine uses for the per-site stages (see :func:`subcell_screen.engine.cpu_workers`)."""
+    from .engine import cpu_workers as _workers
 
-    seg = config.segmentation
-    return load_cellpose(str(seg.weights or seg.model), weights_sha256=seg.weights_sha256, device=device,
-                         batch_size=seg.batch_size,
-                         **({"nucleus_diameter_um": seg.nucleus_diameter_um} if seg.nucleus_diameter_um else {}),
-                         **({"cell_diameter_um": seg.cell_diameter_um} if seg.cell_diameter_um else {}))
-
-
-def _load_subcell_model(config: RunConfig, *, device: str, cache_dir: str | Path | None = None,
-                        offline: bool | None = None) -> Any:
-    """The configured SubCell model (:class:`~subcell_screen.embed.WeightsError` when missing).
-
-    ``cache_dir``/``offline`` override the config's (a Ray worker gets the folder the driver resolved).
-    """
-    from .embed import load_model
-
-    emb = config.embedding
-    return load_model(emb.model, cache_dir=cache_dir if cache_dir is not None else emb.cache_dir, device=device,
-                      precision=emb.precision,
-                      offline=offline if offline is not None else (True if emb.offline else None),
-                      compile=emb.compile)
-
-
-def _files_info(model: Any) -> dict[str, Any]:
-    files = getattr(model, "files", None)
-    if files is None:
-        return {}
-    if hasattr(files, "to_dict"):
-        return files.to_dict()
-    if hasattr(files, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(files).items()}
-    return {"files": str(files)}
+    return _workers(config, plan)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,8 +198,9 @@ def run(
     from .store import ScreenStore
 
     unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if unknown or not stages:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}" if unknown else
+                         f"no stage given; stages are {list(STAGES)}")
     stages = [s for s in STAGES if s in stages]
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
@@ -304,8 +215,7 @@ def run(
     results: list[StageResult] = []
     reports: tuple[Path, ...] = ()
     with ScreenStore.create(config.screen.path) as store:
-        planned = {"featurizer": plan.featurizer, "segmenter": plan.segmenter, "device": plan.device,
-                   "feature_set": plan.feature_set, "fallbacks": list(plan.fallbacks)}
+        planned = plan.summary()
         run_id = store.start_run(command="run " + ",".join(stages), config=config.to_dict(), models=plan.models,
                                  parameters={"stages": list(stages), "force": force, "engine": engine},
                                  summary=planned)
@@ -324,8 +234,10 @@ def run(
                                                  address=ray_address, run_id=run_id, progress=progress,
                                                  design=design))
                 else:
-                    results.extend(_run_sites(store, config, plan, design, stages=stages, force=force,
-                                              progress=progress, run_id=run_id))
+                    from .engine import run_local
+
+                    results.extend(run_local(store, config, plan, design, stages=stages, force=force,
+                                             progress=progress, run_id=run_id))
                 store.update_run_summary(run_id, summary())
             if "profile" in stages:
                 results.append(_run_profile(store, config, plan))
@@ -348,7 +260,7 @@ def run(
                      reports=reports)
 
 
-def _load_design(store: Any, config: RunConfig) -> Any:
+def _load_design(store: ScreenStore, config: RunConfig) -> ScreenDesign:
     from .layouts import read_plates_table
 
     design = read_plates_table(config.plates.table, layouts_dir=config.plates.layouts_dir,
@@ -359,720 +271,10 @@ def _load_design(store: Any, config: RunConfig) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# per-site stages: load -> QC -> segment -> featurize
+# profiles, scores, reports
 
 
-def site_index(config: RunConfig, design: Any) -> Any:
-    """The configured plates' sites, checked against the plates table."""
-    from .io import read_plate
-
-    reader = None if config.images.reader == "auto" else config.images.reader
-    index = read_plate(config.images.source, reader=reader, channel_names=config.images.channel_names or None,
-                       pixel_size_um=config.images.pixel_size_um)
-    known = set(design.plates["plate"].to_list())
-    wanted = set(config.images.plates) if config.images.plates else None
-    found = set(index.plates())
-    if wanted is not None:
-        missing = sorted(wanted - found)
-        if missing:
-            raise PipelineError(f"{config.images.source}: no images for plate(s) {missing} listed in "
-                                f"[images].plates; plates found: {sorted(found)}")
-        index = index.filter(plates=sorted(wanted))
-        found = wanted
-    unknown = sorted(found - known)
-    if unknown:
-        raise PipelineError(f"{config.images.source}: plate(s) {unknown} have images but are not in the plates "
-                            f"table {config.plates.table}; plates there: {sorted(known)}")
-    layout_wells = {(r["plate"], r["well"]) for r in design.wells().select("plate", "well").iter_rows(named=True)}
-    stray = sorted({(r.plate, r.well) for r in index} - layout_wells)
-    if stray:
-        raise PipelineError(f"{config.images.source}: well(s) {stray[:5]}{' ...' if len(stray) > 5 else ''} have "
-                            "images but are not in their plate's layout")
-    return index
-
-
-def mapped_channels(index: Any, channel_map: Any) -> Any:
-    """The index with each site's channels cut to those of the channel map (in acquisition order).
-
-    Channels outside the map (brightfield, extra stains) are never loaded, corrected, featurized or shown.
-
-    Raises
-    ------
-    PipelineError
-        When a plate lacks a channel the map needs (e.g. the wrong ``[channels].preset``), naming the plate,
-        the missing channel and the channels found.
-    """
-    from .channels import ChannelMapError
-
-    records, bad = [], {}
-    for r in index:
-        try:
-            used = channel_map.acquired(list(r.channels))
-        except ChannelMapError as exc:
-            bad.setdefault(r.plate, str(exc))
-            continue
-        records.append(replace(r, channels={c: r.channels[c] for c in used}))
-    if bad:
-        lines = "\n".join(f"  plate {p}: {msg}" for p, msg in sorted(bad.items()))
-        raise PipelineError(f"the images do not have the channels of the channel map:\n{lines}\nCheck "
-                            "[channels].preset and [images].channel_names in the run config.")
-    return replace(index, records=tuple(records))
-
-
-def channel_rows(channel_map: Any, acquired: Sequence[str], *, featurizer: str,
-                 colors: dict[str, str] | None = None) -> pl.DataFrame:
-    """The ``channels`` table of a run: every acquired channel, whether it is used, its colour and roles."""
-    shown = channel_map.display_colors(colors)
-    roles = channel_map.roles()
-    resolved = channel_map.resolve(list(acquired)) if acquired else {}
-    name_of = {acquired[i]: ch for ch, i in resolved.items()}
-    rows = []
-    for pos, name in enumerate(acquired):
-        ch = name_of.get(name)
-        if ch is None:
-            rows.append({"channel": name, "position": pos, "used": False, "color": None,
-                         "roles": ["not in the channel map: not loaded, featurized or shown"]})
-            continue
-        r = list(roles[ch]) + (["classical features"] if featurizer == "classical" else [])
-        rows.append({"channel": name, "position": pos, "used": True, "color": shown[ch], "roles": r})
-    return pl.DataFrame(rows, schema={"channel": pl.String, "position": pl.Int32, "used": pl.Boolean,
-                                      "color": pl.String, "roles": pl.List(pl.String)})
-
-
-def require_pixel_sizes(index: Any) -> None:
-    """Refuse to segment or crop plates without a credible pixel size (every size-dependent step needs one).
-
-    Raises
-    ------
-    PipelineError
-        Naming each plate, where its pixel size was looked for (or the implausible value found and in which
-        file), and the config key to set.
-    """
-    unset: dict[str, str] = {}
-    for r in index:
-        if r.pixel_size_um is None:
-            unset.setdefault(r.plate, r.pixel_size_source or "no pixel size in the metadata")
-    if unset:
-        lines = "\n".join(f"  plate {plate}: {why}" for plate, why in sorted(unset.items()))
-        raise PipelineError(f"no credible pixel size for {len(unset)} plate(s); segmentation and crops need one:\n"
-                            f"{lines}\nSet [images].pixel_size_um in the run config (µm per pixel of the images, "
-                            "e.g. 0.598 for JUMP's 20x water objective with 2x2 binning on an Opera Phenix).")
-
-
-def pixel_size_lines(index: Any) -> list[str]:
-    """One line per plate: the pixel size used and where it came from."""
-    seen: dict[str, str] = {}
-    for r in index:
-        if r.plate not in seen:
-            value = "not set" if r.pixel_size_um is None else f"{r.pixel_size_um:.4g} µm/px"
-            seen[r.plate] = f"plate {r.plate}: pixel size {value} ({r.pixel_size_source or 'source unknown'})"
-    return [seen[p] for p in sorted(seen)]
-
-
-def _site_qc_rows(site: Any) -> pl.DataFrame:
-    """Per-channel intensity and focus metrics of one loaded site (for the QC report)."""
-    from scipy import ndimage
-
-    rows = []
-    data = site.data
-    info_max = float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else None
-    for ch, img in zip(site.channel_names, data):
-        img = np.asarray(img)
-        sub = img[::2, ::2].astype(np.float32)
-        p01, med, p99 = np.percentile(sub, [1, 50, 99])
-        sat = float((img >= info_max).mean()) if info_max is not None else 0.0
-        scaled = sub / max(float(p99), 1e-12)
-        focus = float(ndimage.laplace(scaled).var())
-        rows.append({"plate": site.record.plate, "well": site.record.well, "site": site.record.site,
-                     "channel": ch, "mean": float(sub.mean()), "median": float(med), "p01": float(p01),
-                     "p99": float(p99), "saturated_fraction": sat, "focus": focus})
-    return pl.DataFrame(rows, schema_overrides={"site": pl.Int32})
-
-
-def _protein_readout(site: Any, seg: Any, channel: str) -> pl.DataFrame:
-    """Per-cell nuclear / cytoplasmic mean intensity of the protein channel (relocalization readout)."""
-    from scipy import ndimage
-
-    img = site.channel(channel).astype(np.float64)
-    cells, nuclei = seg.cells, seg.nuclei
-    ids = seg.cells_table["cell_id"].to_numpy()
-    if ids.size == 0:
-        return pl.DataFrame(schema={"plate": pl.String, "well": pl.String, "site": pl.Int32, "cell_id": pl.Int32,
-                                    "protein_nuc_cyto_ratio": pl.Float64})
-    nuc_mask = nuclei > 0
-    cyto = np.where(nuc_mask, 0, cells)
-    nuc = np.where(nuc_mask, cells, 0)
-    with np.errstate(divide="ignore", invalid="ignore"):  # a cell without nucleus or cytoplasm gives NaN
-        nuc_mean = np.asarray(ndimage.mean(img, nuc, ids), dtype=np.float64)
-        cyto_mean = np.asarray(ndimage.mean(img, cyto, ids), dtype=np.float64)
-        ratio = np.where(cyto_mean > 0, nuc_mean / cyto_mean, np.nan)
-    return pl.DataFrame({"plate": site.record.plate, "well": site.record.well, "site": int(site.record.site),
-                         "cell_id": ids.astype(np.int32), "protein_nuc_cyto_ratio": ratio},
-                        schema_overrides={"site": pl.Int32})
-
-
-def _segmentation_from_store(store: Any, site: Any) -> Any:
-    r = site.record
-    return _stored_segmentation(store, r.key, pixel_size_um=site.pixel_size_um)
-
-
-def _stored_segmentation(store: Any, key: tuple[str, str, int], *, pixel_size_um: float | None) -> Any:
-    """The :class:`~subcell_screen.segment.Segmentation` of one site as stored by the segment stage."""
-    from .segment import Segmentation, segmentation_qc
-
-    plate, well, site = key
-    nuclei, cells = store.read_masks(plate, well, site)
-    table = store.sql("SELECT * FROM cells WHERE plate = ? AND well = ? AND site = ? ORDER BY cell_id",
-                      [plate, well, site])
-    method = store.sql("SELECT method FROM masks WHERE plate = ? AND well = ? AND site = ?",
-                       [plate, well, site])["method"][0]
-    return Segmentation(plate=plate, well=well, site=site, nuclei=nuclei, cells=cells, cells_table=table,
-                        qc=segmentation_qc(table), method=method, pixel_size_um=pixel_size_um)
-
-
-def _illumination(store: Any, config: RunConfig, index: Any, plates: Iterable[str], *, force: bool,
-                  progress: bool | None = None) -> dict:
-    from .io import compute_illumination
-
-    out = {}
-    for plate in plates:
-        stored = {} if force else store.read_illumination(plate)
-        if stored:
-            out[plate] = stored
-            continue
-        funcs = compute_illumination(index, plate=plate, progress=progress)
-        store.write_illumination(plate, dict(funcs), recipe=dict(funcs.recipe))
-        out[plate] = dict(funcs)
-    return out
-
-
-# The per-site stages are split into compute (_SiteProcessor: a loaded site in, an _SiteOutcome out, no store
-# access) and record (_record_site: one writer puts an outcome in the store), so that the local engine and the
-# Ray engine (subcell_screen.distributed: compute on workers, record on the driver) share both. The Ray driver
-# stores error-free sites with distributed._ingest.BatchIngest, which writes these same rows many sites at a time.
-
-
-@dataclass(frozen=True)
-class _SiteSelection:
-    """Which sites a run of the per-site stages works on (see :func:`_select_sites`)."""
-
-    index: Any                      # SiteIndex of the configured plates
-    report: Any                     # SiteCheckReport of check_sites
-    records: tuple[Any, ...]        # sites with work to do (readable, some stage not done or force)
-    skipped: int                    # sites with nothing to do
-    seg_done: frozenset             # {(plate, well, site)} whose segment stage is done (empty with force)
-    emb_done: frozenset
-    embed_stage: str                # site_stages name of the embed stage, ``embed:<feature_set>``
-    do_seg: bool
-    do_emb: bool
-    force: bool
-
-    def needs_segment(self, key: tuple) -> bool:
-        return self.do_seg and (self.force or key not in self.seg_done)
-
-    def needs_embed(self, key: tuple) -> bool:
-        return self.do_emb and (self.force or key not in self.emb_done)
-
-
-def _select_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, stages: Sequence[str],
-                  force: bool, progress: bool | None = None) -> _SiteSelection:
-    """Index the images, check every site (recorded in ``sites``) and pick the sites with work to do."""
-    from .io import check_sites
-
-    do_seg, do_emb = "segment" in stages, "embed" in stages
-    acquired_index = site_index(config, design)
-    acquired = list(dict.fromkeys(c for r in acquired_index for c in r.channels))
-    index = mapped_channels(acquired_index, config.channel_map())
-    require_pixel_sizes(index)
-    store.write_table("channels", channel_rows(config.channel_map(), acquired, featurizer=plan.featurizer,
-                                               colors=config.report.channel_colors))
-    report = check_sites(index, store=store, raise_on_unreadable_plate=False, progress=progress)
-    load_failed = {tuple(key) for key, _msg in report.failures}
-    embed_stage = f"embed:{plan.feature_set}"
-    seg_done = frozenset() if force else frozenset(store.sites_with_stage("segment"))
-    emb_done = frozenset() if force else frozenset(store.sites_with_stage(embed_stage))
-    records = tuple(r for r in index if r.key not in load_failed and (
-        (do_seg and r.key not in seg_done) or (do_emb and r.key not in emb_done)))
-    return _SiteSelection(index=index, report=report, records=records, skipped=len(index) - len(records),
-                          seg_done=seg_done, emb_done=emb_done, embed_stage=embed_stage, do_seg=do_seg,
-                          do_emb=do_emb, force=force)
-
-
-def _raw_dtype(store: Any, key: tuple[str, str, int]) -> str:
-    """The dtype of a site's image files as ``check_sites`` recorded it (``float32`` when unknown)."""
-    row = store.sql("SELECT dtype FROM sites WHERE plate = ? AND well = ? AND site = ?", list(key))
-    return row["dtype"][0] if row.height and row["dtype"][0] else "float32"
-
-
-@dataclass(frozen=True)
-class _SiteOutcome:
-    """What the per-site stages computed for one site; :func:`_record_site` stores it.
-
-    ``segmented``/``featurized`` say whether that stage ran for this site in this run; ``*_error`` is
-    ``(exception type name, message)`` of a failed stage.
-    """
-
-    key: tuple[str, str, int]
-    channel_names: tuple[str, ...] = ()
-    load_error: str | None = None
-    site_qc: pl.DataFrame | None = field(default=None, repr=False)
-    segmented: bool = False
-    segmentation: Any = field(default=None, repr=False)
-    readouts: pl.DataFrame | None = field(default=None, repr=False)
-    seg_error: tuple[str, str] | None = None
-    seg_seconds: float = 0.0
-    featurized: bool = False
-    features: Any = field(default=None, repr=False)
-    feat_error: tuple[str, str] | None = None
-    feat_seconds: float = 0.0
-
-
-class _ClassicalFeatures:
-    """Classical CellProfiler-style features of one site: :meth:`compute` (pure) and :meth:`write`."""
-
-    kind = "classical"
-
-    def __init__(self, config: RunConfig, *, feature_set: str, channel_map: Any) -> None:
-        from .features import ClassicalFeaturizer, FeatureParams
-
-        params = FeatureParams(families=tuple(config.embedding.classical_families),
-                               zernike_degree=config.embedding.classical_zernike_degree)
-        self.feature_set = feature_set
-        self.channel_map = channel_map
-        self.featurizer = ClassicalFeaturizer(params=params, feature_set=feature_set)
-
-    def compute(self, site: Any, seg: Any, *, raw_dtype: str | None = None) -> pl.DataFrame:
-        """Per-cell table ``plate, well, site, cell_id, features``.
-
-        ``raw_dtype`` is the dtype of the image files: illumination-corrected (float) pixels keep the source's
-        units, so they are scaled by the source dtype as CellProfiler does for the raw image (uint16 -> 65535).
-        """
-        scale = None
-        if np.issubdtype(site.data.dtype, np.floating):
-            raw = np.dtype(raw_dtype or "float32")
-            scale = float(np.iinfo(raw).max) if np.issubdtype(raw, np.integer) else None
-        return self.featurizer.featurize_site(site, seg, channel_map=self.channel_map,
-                                              **({"intensity_scale": scale} if scale else {}))
-
-    @staticmethod
-    def n_cells(table: pl.DataFrame) -> int:
-        return table.height
-
-    def write(self, store: Any, key: tuple[str, str, int], channel_names: Sequence[str], table: pl.DataFrame) -> int:
-        self.write_many(store, [key], channel_names, [table])
-        return table.height
-
-    def write_many(self, store: Any, keys: Sequence[tuple], channel_names: Sequence[str],
-                   tables: Sequence[pl.DataFrame]) -> None:
-        """:meth:`write` for several sites with the same channels at once (one feature-set registration)."""
-        from .features import write_features
-
-        names = self.featurizer.feature_names(self.featurizer.channel_names(list(channel_names), self.channel_map))
-        table = tables[0] if len(tables) == 1 else pl.concat(list(tables), how="vertical_relaxed")
-        write_features(store, table, feature_set=self.feature_set, feature_names=names,
-                       parameters=self.featurizer.parameters(), sites=list(keys))
-
-
-class _SubcellFeatures:
-    """SubCell embeddings of one site: :meth:`crops` + :meth:`embed` (= :meth:`compute`, pure) and :meth:`write`.
-
-    ``model`` is a loaded SubCell model (the Embedder is created on first use, so a writer needs no device);
-    ``batch_size`` is images per forward (default ``[embedding].batch_size``). Crops are rescaled on the CPU
-    unless the device is CUDA (then the embedder resizes on the device), as in the local engine.
-    """
-
-    kind = "subcell"
-
-    def __init__(self, config: RunConfig, *, feature_set: str, channel_map: Any, model: Any, device: str,
-                 batch_size: int | None = None) -> None:
-        self.emb = config.embedding
-        self.feature_set = feature_set
-        self.channel_map = channel_map
-        self.model = model
-        self.device = device
-        self.batch_size = int(batch_size or self.emb.batch_size)
-        self.rescale = "defer" if str(device).startswith("cuda") else "cpu"
-        self._embedder = None
-
-    @property
-    def embedder(self) -> Any:
-        if self._embedder is None:
-            from .embed import Embedder
-
-            emb = self.emb
-            self._embedder = Embedder(self.model, channel_map=self.channel_map, normalize=emb.normalize,
-                                      mask=emb.mask, batch_size=self.batch_size, device=self.device,
-                                      precision=emb.precision, compile=emb.compile, num_workers=emb.num_workers)
-        return self._embedder
-
-    def crops(self, site: Any, seg: Any) -> Iterable[Any]:
-        """Lazy iterator of the site's :class:`~subcell_screen.crops.CropBatch` es."""
-        from .crops import iter_crops
-
-        emb = self.emb
-        return iter_crops(site, seg, target_pixel_size_um=emb.target_pixel_size_um, crop_size=emb.crop_size,
-                          mask=emb.mask, batch_size=emb.batch_size, rescale=self.rescale)
-
-    def embed(self, batches: Iterable[Any]) -> list[Any]:
-        """One :class:`~subcell_screen.embed.EmbeddingResult` per crop batch, in order."""
-        return list(self.embedder.embed_batches(batches, progress=False))
-
-    def compute(self, site: Any, seg: Any, *, raw_dtype: str | None = None) -> list[Any]:
-        return self.embed(self.crops(site, seg))
-
-    @staticmethod
-    def n_cells(results: list[Any]) -> int:
-        return int(sum(len(r.embedding) for r in results))
-
-    def write(self, store: Any, key: tuple[str, str, int], channel_names: Sequence[str], results: list[Any]) -> int:
-        from .embed import write_embeddings
-
-        emb = self.emb
-        sha = _files_info(self.model)
-        write_embeddings(store, results, feature_set=self.feature_set, dtype=emb.store_dtype,
-                         model=emb.model, model_sha256={k: str(v) for k, v in sha.items()},
-                         parameters={"crop_size": emb.crop_size, "normalize": emb.normalize, "mask": emb.mask,
-                                     "precision": emb.precision, "target_pixel_size_um": emb.target_pixel_size_um},
-                         sites=[key])
-        return self.n_cells(results)
-
-    def write_many(self, store: Any, keys: Sequence[tuple], channel_names: Sequence[str],
-                   outputs: Sequence[list[Any]]) -> None:
-        """:meth:`write` for several sites at once; as there, a site without cells gets no file."""
-        with_cells = [(key, results) for key, results in zip(keys, outputs) if results]
-        if with_cells:
-            self.write(store, with_cells[0][0], channel_names, [r for _, results in with_cells for r in results])
-
-
-#: Featurization errors recorded as a failed site; anything else stops the run.
-_FEATURE_ERRORS = (SubcellScreenError, ValueError, RuntimeError, KeyError)
-
-
-class _SiteProcessor:
-    """Compute of the per-site stages for loaded sites: QC rows, segmentation, protein readout, features.
-
-    Never touches the store, so it runs the same in this process or on a Ray worker.
-
-    Parameters
-    ----------
-    config
-        Run configuration.
-    segmenter, featurizer, feature_set
-        As resolved in the :class:`RunPlan`.
-    device
-        Torch device of the models.
-    cellpose
-        Loaded Cellpose model (segmentation is classical when None).
-    subcell
-        Loaded SubCell model (for ``featurizer="subcell:..."``).
-    embed_batch_size
-        Images per SubCell forward (default ``[embedding].batch_size``).
-    """
-
-    def __init__(self, config: RunConfig, *, segmenter: str, featurizer: str, feature_set: str, device: str,
-                 cellpose: Any = None, subcell: Any = None, embed_batch_size: int | None = None) -> None:
-        self.config = config
-        self.channel_map = config.channel_map()
-        self.cellpose = cellpose if segmenter.startswith("cellpose") else None
-        self.method = "cellpose" if self.cellpose is not None else "classical"
-        if featurizer == "classical":
-            self.features: Any = _ClassicalFeatures(config, feature_set=feature_set, channel_map=self.channel_map)
-        else:
-            self.features = _SubcellFeatures(config, feature_set=feature_set, channel_map=self.channel_map,
-                                             model=subcell, device=device, batch_size=embed_batch_size)
-
-    @classmethod
-    def from_plan(cls, config: RunConfig, plan: RunPlan) -> _SiteProcessor:
-        return cls(config, segmenter=plan.segmenter, featurizer=plan.featurizer, feature_set=plan.feature_set,
-                   device=plan.device, cellpose=plan._cellpose, subcell=plan._subcell)
-
-    def segment(self, site: Any) -> tuple[Any, pl.DataFrame | None, tuple[str, str] | None, float]:
-        """``(segmentation, protein readout rows, error, seconds)``; a failed site gives ``(None, None, error, s)``."""
-        from .segment import segment_site
-
-        t0 = time.perf_counter()
-        try:
-            seg = segment_site(site, channel_map=self.channel_map, method=self.method, model=self.cellpose,
-                               nucleus_diameter_um=self.config.segmentation.nucleus_diameter_um)
-        except Exception as exc:  # noqa: BLE001 - one bad site must not stop the plate
-            logger.warning("segmentation failed for %s: %s", site.record.key, exc)
-            return None, None, (type(exc).__name__, str(exc)), time.perf_counter() - t0
-        dt = time.perf_counter() - t0
-        protein = self.channel_map.protein_channel
-        readouts = _protein_readout(site, seg, protein) if protein else None
-        return seg, readouts, None, dt
-
-    def featurize(self, site: Any, seg: Any, *, raw_dtype: str | None = None,
-                  compute: Callable[[], Any] | None = None, key: tuple | None = None
-                  ) -> tuple[Any, tuple[str, str] | None, float]:
-        """``(features, error, seconds)``; ``seg`` may be a callable returning the segmentation (read lazily).
-
-        ``compute`` replaces the featurizer call (the Ray engine embeds crops made in another stage; ``site``
-        may then be None and ``key`` names the site in log messages).
-        """
-        t0 = time.perf_counter()
-        try:
-            if compute is not None:
-                out = compute()
-            else:
-                if callable(seg):
-                    seg = seg()
-                out = self.features.compute(site, seg, raw_dtype=raw_dtype)
-        except Exception as exc:  # noqa: BLE001
-            if not isinstance(exc, _FEATURE_ERRORS):
-                raise
-            logger.warning("featurization failed for %s: %s", key or site.record.key, exc)
-            return None, (type(exc).__name__, str(exc)), time.perf_counter() - t0
-        return out, None, time.perf_counter() - t0
-
-    def process(self, site: Any, *, segment: bool, featurize: bool, segmentation: Any = None,
-                raw_dtype: str | None = None) -> _SiteOutcome:
-        """All per-site stages of one loaded site (``segmentation``: the stored one when not segmenting)."""
-        out = _SiteOutcome(key=site.record.key, channel_names=tuple(site.channel_names), site_qc=_site_qc_rows(site))
-        seg = segmentation
-        if segment:
-            seg, readouts, error, dt = self.segment(site)
-            out = replace(out, segmented=True, segmentation=seg, readouts=readouts, seg_error=error, seg_seconds=dt)
-            if error is not None:
-                return out
-        if featurize:
-            feats, error, dt = self.featurize(site, seg, raw_dtype=raw_dtype)
-            out = replace(out, featurized=True, features=feats, feat_error=error, feat_seconds=dt)
-        return out
-
-
-@dataclass
-class _SiteTally:
-    """Running counts of the segment and embed stages (mutable accumulator of :func:`_record_site`)."""
-
-    seg: dict = field(default_factory=lambda: {"ok": 0, "failed": 0, "cells": 0, "seconds": 0.0, "messages": []})
-    emb: dict = field(default_factory=lambda: {"ok": 0, "failed": 0, "cells": 0, "seconds": 0.0, "messages": []})
-
-
-def _record_site(store: Any, out: _SiteOutcome, *, processor: _SiteProcessor, selection: _SiteSelection,
-                 tally: _SiteTally, run_id: str) -> None:
-    """Store one site's outcome (the single writer of the per-site stages)."""
-    from .segment import write_segmentation
-
-    plate, well, site = out.key
-    if out.load_error is not None:
-        store.set_site_status(plate, well, site, stage="load", status="failed", error=out.load_error, run_id=run_id)
-        res = tally.seg if selection.do_seg else tally.emb
-        res["messages"].append(f"{plate} {well} s{site}: {out.load_error}")
-        res["failed"] += 1
-        return
-    store.replace_rows("site_qc", out.site_qc, keys=["plate", "well", "site"])
-    if out.segmented:
-        if out.seg_error is not None:
-            kind, msg = out.seg_error
-            store.set_site_status(plate, well, site, stage="segment", status="failed", error=f"{kind}: {msg}",
-                                  run_id=run_id)
-            tally.seg["failed"] += 1
-            tally.seg["messages"].append(f"{plate} {well} s{site}: segmentation: {msg}")
-            return
-        seg = out.segmentation
-        if out.readouts is not None:
-            store.replace_rows("cell_readouts", out.readouts, keys={"plate": plate, "well": well, "site": int(site)})
-        write_segmentation(store, seg, method=processor.method, run_id=run_id, seconds=out.seg_seconds)
-        tally.seg["ok"] += 1
-        tally.seg["cells"] += seg.n_cells
-        tally.seg["seconds"] += out.seg_seconds
-    if out.featurized:
-        if out.feat_error is not None:
-            kind, msg = out.feat_error
-            store.set_site_status(plate, well, site, stage=selection.embed_stage, status="failed",
-                                  error=f"{kind}: {msg}", run_id=run_id)
-            tally.emb["failed"] += 1
-            tally.emb["messages"].append(f"{plate} {well} s{site}: features: {msg}")
-            return
-        t0 = time.perf_counter()
-        n = processor.features.write(store, out.key, out.channel_names, out.features)
-        dt = out.feat_seconds + time.perf_counter() - t0
-        store.set_site_status(plate, well, site, stage=selection.embed_stage, status="ok", n_cells=n, run_id=run_id,
-                              seconds=dt)
-        logger.info("embedded %s %s s%d: %d cells in %.2f s", plate, well, site, n, dt)
-        tally.emb["ok"] += 1
-        tally.emb["cells"] += n
-        tally.emb["seconds"] += dt
-
-
-def _site_stage_results(store: Any, selection: _SiteSelection, tally: _SiteTally, *,
-                        total_seconds: float) -> list[StageResult]:
-    """StageResults of the per-site stages; raises when a plate has no segmented site."""
-    sel = selection
-    # plates with no readable site are an error, after every other site was processed and recorded
-    if sel.do_seg:
-        ok_plates = {k[0] for k in store.sites_with_stage("segment")}
-        dead = sorted({r.plate for r in sel.index} - ok_plates)
-        if dead:
-            raise PipelineError(f"no site of plate(s) {dead} could be segmented; see the failed sites in the "
-                                "store (SELECT * FROM sites WHERE status = 'failed')")
-    load_msgs = pixel_size_lines(sel.index) + [f"load: {msg}" for _key, msg in sel.report.failures]
-    seg, emb = tally.seg, tally.emb
-    out = []
-    if sel.do_seg:
-        out.append(StageResult("segment", seg["ok"], seg["failed"] + len(sel.report.failures), sel.skipped,
-                               seg["cells"], seg["seconds"] if sel.do_emb else total_seconds,
-                               tuple(load_msgs + seg["messages"])))
-    if sel.do_emb:
-        out.append(StageResult("embed", emb["ok"], emb["failed"], sel.skipped, emb["cells"],
-                               emb["seconds"] if sel.do_seg else total_seconds, tuple(emb["messages"])))
-    return out
-
-
-def cpu_workers(config: RunConfig, plan: RunPlan) -> int:
-    """Processes the local engine uses for the per-site stages.
-
-    The all-CPU path (classical segmentation and classical features) runs sites in ``[run] workers`` processes
-    (default: the machine's cores, at most 8); a run with a torch model (Cellpose, SubCell) keeps the model
-    in this process and works site by site (the GPU does the heavy lifting).
-    """
-    if plan.segmenter != "classical" or plan.featurizer != "classical":
-        return 1
-    n = config.workers if config.workers is not None else min(os.cpu_count() or 1, 8)
-    return max(1, int(n))
-
-
-def _run_sites(store: Any, config: RunConfig, plan: RunPlan, design: Any, *, stages: Sequence[str], force: bool,
-               progress: bool | None, run_id: str) -> list[StageResult]:
-    from tqdm.auto import tqdm
-
-    from .io import SiteLoadError, iter_sites
-
-    t_start = time.perf_counter()
-    sel = _select_sites(store, config, plan, design, stages=stages, force=force, progress=progress)
-    illum = _illumination(store, config, sel.index, sorted({r.plate for r in sel.records}), force=force,
-                          progress=progress) if config.illumination_correction() and sel.records else None
-    processor = _SiteProcessor.from_plan(config, plan)
-    tally = _SiteTally()
-    bar = tqdm(total=len(sel.records), desc="sites", unit="site", disable=_no_progress(progress))
-    workers = min(cpu_workers(config, plan), max(1, len(sel.records)))
-
-    def task(record: Any) -> tuple:
-        need_seg, need_emb = sel.needs_segment(record.key), sel.needs_embed(record.key)
-        raw = _raw_dtype(store, record.key) if need_emb else None
-        stored = _stored_segmentation(store, record.key, pixel_size_um=record.pixel_size_um) \
-            if need_emb and not need_seg else None
-        return record, need_seg, need_emb, stored, raw
-
-    if workers > 1:
-        logger.info("per-site stages in %d processes", workers)
-        for out in _process_pool_outcomes(config, plan, (task(r) for r in sel.records), illum, workers=workers):
-            bar.update(1)
-            _record_site(store, out, processor=processor, selection=sel, tally=tally, run_id=run_id)
-    else:
-        for record, site in iter_sites(sel.records, illumination=illum, raise_on_unreadable_plate=False,
-                                       progress=False):
-            bar.update(1)
-            if isinstance(site, SiteLoadError):
-                out = _SiteOutcome(key=record.key, load_error=str(site))
-            else:
-                _, need_seg, need_emb, stored, raw = task(record)
-                if raw is not None and not np.issubdtype(site.data.dtype, np.floating):
-                    raw = None
-                out = processor.process(site, segment=need_seg, featurize=need_emb, segmentation=stored,
-                                        raw_dtype=raw)
-            _record_site(store, out, processor=processor, selection=sel, tally=tally, run_id=run_id)
-    bar.close()
-    return _site_stage_results(store, sel, tally, total_seconds=time.perf_counter() - t_start)
-
-
-# -- process pool for the all-CPU path: workers load and compute, this process records --------------------
-
-_POOL: dict[str, Any] = {}
-
-
-def _pool_init(config: RunConfig, feature_set: str, illumination_dir: str | None) -> None:
-    import threadpoolctl  # one BLAS thread per worker process: the processes are the parallelism
-
-    threadpoolctl.threadpool_limits(1)
-    _POOL["processor"] = _SiteProcessor(config, segmenter="classical", featurizer="classical",
-                                        feature_set=feature_set, device="cpu")
-    _POOL["illumination_dir"] = illumination_dir
-    _POOL["illumination"] = (None, None)
-
-
-def _pool_illumination(plate: str) -> dict | None:
-    """The plate's illumination functions, read once per plate from the run's temp folder."""
-    folder = _POOL["illumination_dir"]
-    if folder is None:
-        return None
-    cached_plate, funcs = _POOL["illumination"]
-    if cached_plate != plate:
-        path = Path(folder) / f"{plate}.npz"
-        funcs = dict(np.load(path)) if path.is_file() else None
-        _POOL["illumination"] = (plate, funcs)
-    return funcs
-
-
-def _pool_task(record: Any, need_seg: bool, need_emb: bool, stored: Any, raw: str | None) -> _SiteOutcome:
-    from .io import SiteLoadError, load_site
-
-    try:
-        site = load_site(record, illumination=_pool_illumination(record.plate))
-    except SiteLoadError as exc:
-        return _SiteOutcome(key=record.key, load_error=str(exc))
-    if raw is not None and not np.issubdtype(site.data.dtype, np.floating):
-        raw = None
-    return _POOL["processor"].process(site, segment=need_seg, featurize=need_emb, segmentation=stored,
-                                      raw_dtype=raw)
-
-
-def _process_pool_outcomes(config: RunConfig, plan: RunPlan, tasks: Iterable[tuple], illumination: dict | None,
-                           *, workers: int) -> Iterable[_SiteOutcome]:
-    """Outcomes of ``tasks`` computed in ``workers`` spawned processes, in task order, a bounded window ahead."""
-    import multiprocessing
-    import tempfile
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = multiprocessing.get_context("spawn")  # fork is unsafe with polars' and BLAS' threads
-    with tempfile.TemporaryDirectory(prefix="subcell_screen_illum_") as illum_dir, \
-            ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_init,
-                                initargs=(config, plan.feature_set,
-                                          illum_dir if illumination else None)) as pool:
-        for plate, funcs in (illumination or {}).items():  # workers read one plate's functions at a time
-            np.savez(Path(illum_dir) / f"{plate}.npz", **funcs)
-        window: deque = deque()
-        try:
-            for args in tasks:
-                window.append(pool.submit(_pool_task, *args))
-                if len(window) >= 2 * workers:
-                    yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
-        except BaseException:
-            for fut in window:
-                fut.cancel()
-            raise
-
-
-def _no_progress(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
-
-
-# ----------------------------------------------------------------------------------------------------------
-# profiles
-
-
-def _run_profile(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
-    from .profiles import build_profile_sets, well_profiles_from_store
-
-    t0 = time.perf_counter()
-    prof = config.profiles
-    fs = _feature_set_in_store(store, plan)
-    wide = well_profiles_from_store(store, feature_set=fs, cell_to_site=prof.cell_to_site,
-                                    site_to_well=prof.site_to_well)
-    wide = _attach_counts(store, wide)
-    sets = build_profile_sets(wide, section=prof)
-    store.clear_profiles()
-    for name, frame in sets.sets().items():
-        store.write_profiles(frame, profile_set=name, feature_set=fs, final=name == sets.final_name)
-    return StageResult("profile", ok=sets.final.height, seconds=time.perf_counter() - t0,
-                       messages=sets.messages)
-
-
-def _feature_set_in_store(store: Any, plan: RunPlan) -> str:
+def _feature_set_in_store(store: ScreenStore, plan: RunPlan) -> str:
     names = store.sql("SELECT feature_set FROM feature_sets")["feature_set"].to_list()
     if plan.feature_set in names:
         return plan.feature_set
@@ -1082,157 +284,62 @@ def _feature_set_in_store(store: Any, plan: RunPlan) -> str:
                         "run the embed stage first")
 
 
-def _attach_counts(store: Any, wide: pl.DataFrame) -> pl.DataFrame:
-    counts = store.sql("SELECT plate AS Metadata_Plate, well AS Metadata_Well, count(*)::BIGINT AS "
-                       "Metadata_Count_Cells FROM cells GROUP BY ALL")
-    if "Metadata_Count_Cells" in wide.columns:
-        wide = wide.drop("Metadata_Count_Cells")
-    out = wide.join(counts, on=["Metadata_Plate", "Metadata_Well"], how="left").with_columns(
-        pl.col("Metadata_Count_Cells").fill_null(0))
-    meta = [c for c in out.columns if c.startswith("Metadata_")]
-    return out.select(meta + [c for c in out.columns if c not in meta])
+def _run_profile(store: ScreenStore, config: RunConfig, plan: RunPlan) -> StageResult:
+    from .profiles import build_profile_sets, well_profiles_from_store
+
+    t0 = time.perf_counter()
+    prof = config.profiles
+    fs = _feature_set_in_store(store, plan)
+    wide = well_profiles_from_store(store, feature_set=fs, cell_to_site=prof.cell_to_site,
+                                    site_to_well=prof.site_to_well, progress=False)
+    sets = build_profile_sets(store.attach_cell_counts(wide), section=prof)
+    store.clear_profiles()
+    for name, frame in sets.sets().items():
+        store.write_profiles(frame, profile_set=name, feature_set=fs, final=name == sets.final_name)
+    return StageResult("profile", ok=sets.final.height, seconds=time.perf_counter() - t0, messages=sets.messages)
 
 
-def read_profiles(store: Any, *, profile_set: str | None = None) -> pl.DataFrame:
+def read_profiles(store: ScreenStore, *, profile_set: str | None = None) -> pl.DataFrame:
     """Profiles in pycytominer's wide layout; see :meth:`subcell_screen.store.ScreenStore.read_profiles`."""
     return store.read_profiles(profile_set=profile_set)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# scoring
-
-
-def _run_score(store: Any, config: RunConfig, plan: RunPlan) -> StageResult:
-    from .score import dose_response, hit_table, scoring_design
+def _run_score(store: ScreenStore, config: RunConfig, plan: RunPlan) -> StageResult:
+    from .score import ScoreTables, score_profiles
 
     t0 = time.perf_counter()
-    sc = config.scoring
-    for table in ("perturbation_scores", "scoring_coverage", "dose_response", "dose_points",
-                  "relocalization_results", "relocalization_class_shifts"):
-        if store.has_table(table):  # scores are recomputed as a whole: never leave a stale table behind
-            store.sql(f'DELETE FROM "{table}"')
     final = store.sql("SELECT profile_set FROM profile_sets WHERE final")["profile_set"].to_list()
     if config.profiles.normalize != "none" and final == ["raw"]:
         msg = ("scoring skipped: no normalized profiles (no plate could be normalized against its controls; see "
                "the profile stage's messages); raw profiles are not comparable across features")
         logger.warning(msg)
+        store.write_scores(ScoreTables(coverage=pl.DataFrame(schema={"perturbation_id": pl.String})))
         return StageResult("score", seconds=time.perf_counter() - t0, messages=(msg,))
-    design = scoring_design(read_profiles(store))
-    store.write_table("scoring_coverage", design.coverage)
-    messages = list(design.messages)
-    n_scored = int(design.coverage["scored"].sum())
-    n_other = design.coverage.filter(~pl.col("scored") & ~pl.col("reason").str.starts_with("negative control"))
-    if n_other.height:
-        messages.append(f"{n_other.height} perturbation(s) not scored, e.g. "
-                        + "; ".join(f"{r['perturbation_id']}: {r['reason']}" for r in n_other.head(3).iter_rows(named=True)))
-    if not design.can_score:
-        for m in messages:
+    sc = config.scoring
+    reloc = sc.relocalization if sc.relocalization is not None else config.channel_map().protein_channel is not None
+    subcell = plan.feature_set in store.sql("SELECT feature_set FROM feature_sets WHERE kind = 'subcell'")[
+        "feature_set"].to_list()
+    tables = score_profiles(store.read_profiles(), section=sc, relocalization=reloc,
+                            ratios=store.well_readouts() if reloc else None,
+                            probabilities=store.well_mean_probabilities(plan.feature_set) if reloc and subcell
+                            else None)
+    store.write_scores(tables)
+    if tables.scores is None:
+        for m in tables.messages:
             logger.warning(m)
-        return StageResult("score", seconds=time.perf_counter() - t0, messages=tuple(messages))
-    messages.append(f"{n_scored} perturbation(s) scored against {design.n_negcon} negative-control wells")
-    meta, x = design.meta, design.x
-    wide = pl.concat([meta, pl.DataFrame(x, schema=list(design.features), orient="row")], how="horizontal")
-    # one activity/hit row per perturbation across doses: identity = id (+ concentration for dose series)
-    hits = hit_table(meta, x, q_threshold=sc.threshold, min_effect_size=sc.min_effect_size,
-                     null_size=sc.null_size, seed=sc.seed)
-    names = store.sql("SELECT DISTINCT perturbation_id, perturbation_name, control_type FROM wells")
-    names = names.unique("perturbation_id", keep="first")
-    hits = hits.join(names, on="perturbation_id", how="left")
-    scores = hits.rename({"ci_low": "effect_ci_low", "ci_high": "effect_ci_high"}).select(
-        "perturbation_id", "perturbation_name", "control_type", "n_wells", "mean_average_precision", "p_value",
-        "corrected_p_value", "effect_size", "effect_ci_low", "effect_ci_high", "cell_count_fraction",
-        "cytotoxic", "is_hit", pl.col("rank").cast(pl.Int32))
-    store.write_table("perturbation_scores", scores)
-    store.create_view("scores", "SELECT * FROM perturbation_scores ORDER BY rank")
-    n_tables = 1
-
-    # dose response where a perturbation has several concentrations
-    conc = meta.filter(pl.col("Metadata_concentration").is_not_null() & pl.col("Metadata_control_type").is_null())
-    multi = conc.group_by("Metadata_perturbation_id").agg(pl.col("Metadata_concentration").n_unique().alias("n"))
-    if multi.filter(pl.col("n") >= 3).height:
-        dr = dose_response(meta, x, null_size=min(sc.null_size, 2000), seed=sc.seed, min_doses=3)
-        unit = store.sql("SELECT perturbation_id, any_value(concentration_unit) AS concentration_unit FROM wells "
-                         "GROUP BY ALL")
-        fits = dr.fits.join(unit, on="perturbation_id", how="left").with_columns(
-            pl.when(pl.col("status") == "ok").then(pl.lit("fit")).otherwise(pl.lit("no fit")).alias("status"))
-        store.write_table("dose_response", fits.select(
-            "perturbation_id", "status", "reason", "ec50", "ec50_ci_low", "ec50_ci_high", "concentration_unit",
-            "hill", "bottom", "top", "n_doses", *[c for c in ("cytotoxic", "activity") if c in fits.columns]))
-        store.write_table("dose_points", dr.points)
-        n_tables += 2
-    # relocalization (HPA-style screens: one protein of interest per well)
-    cmap = config.channel_map()
-    do_reloc = sc.relocalization if sc.relocalization is not None else cmap.protein_channel is not None
-    if do_reloc and meta["Metadata_protein"].drop_nulls().len():
-        reloc = _relocalization(store, plan, wide, x, cmap)
-        if reloc is not None:
-            store.write_table("relocalization_results", reloc.table)
-            if reloc.class_shifts.height:
-                store.write_table("relocalization_class_shifts", reloc.class_shifts)
-            store.create_view("relocalization", "SELECT protein, perturbation_id, readout, from_class, to_class, "
-                              "effect_size, p_value, q_value FROM relocalization_results ORDER BY q_value, p_value")
-            n_tables += 1
-    n_hits = int(scores["is_hit"].sum())
-    messages.append(f"{n_hits} hit(s) among {scores.height} perturbations")
-    return StageResult("score", ok=n_tables, seconds=time.perf_counter() - t0, messages=tuple(messages))
+    n = sum(t is not None for t in (tables.scores, tables.dose_response, tables.relocalization))
+    return StageResult("score", ok=n, seconds=time.perf_counter() - t0, messages=tables.messages)
 
 
-def _relocalization(store: Any, plan: RunPlan, wide: pl.DataFrame, x: np.ndarray, cmap: Any) -> Any:
-    from .score import relocalization
-
-    keys = wide.select("Metadata_Plate", "Metadata_Well")
-    wells = wide.select([c for c in wide.columns if c.startswith("Metadata_")])
-    ratio_col = None
-    if store.has_table("cell_readouts"):
-        ratio = store.sql("SELECT plate AS Metadata_Plate, well AS Metadata_Well, "
-                          "median(protein_nuc_cyto_ratio) AS protein_nuc_cyto_ratio FROM cell_readouts "
-                          "WHERE isfinite(protein_nuc_cyto_ratio) GROUP BY ALL")
-        wells = wells.join(ratio, on=["Metadata_Plate", "Metadata_Well"], how="left")
-        ratio_col = "protein_nuc_cyto_ratio"
-    probabilities = None
-    fs = store.feature_set(plan.feature_set) if plan.feature_set in store.sql(
-        "SELECT feature_set FROM feature_sets")["feature_set"].to_list() else None
-    if fs is not None and fs["kind"] == "subcell":
-        probs = _well_mean_probabilities(store, plan.feature_set)
-        if probs is not None:
-            joined = keys.join(probs, on=["Metadata_Plate", "Metadata_Well"], how="left")
-            p = np.asarray(joined["probabilities"].to_list(), dtype=np.float64)
-            if p.ndim == 2 and p.shape[1] >= 31:
-                probabilities = p[:, :31]
-    return relocalization(wells, probabilities=probabilities, embeddings=x, ratio_col=ratio_col)
-
-
-def _well_mean_probabilities(store: Any, feature_set: str) -> pl.DataFrame | None:
-    lf = store.scan_cell_features(feature_set)
-    if "probabilities" not in lf.collect_schema().names():
-        return None
-    df = lf.select("plate", "well", "probabilities").collect()
-    if df.height == 0:
-        return None
-    p = np.asarray(df["probabilities"].to_list(), dtype=np.float64)
-    keys = df.select(pl.col("plate").alias("Metadata_Plate"), pl.col("well").alias("Metadata_Well"))
-    frame = keys.with_row_index("_i")
-    groups = frame.group_by("Metadata_Plate", "Metadata_Well", maintain_order=True).agg(pl.col("_i"))
-    means = [p[np.asarray(idx)].mean(axis=0) for idx in groups["_i"].to_list()]
-    return groups.select("Metadata_Plate", "Metadata_Well").with_columns(
-        pl.Series("probabilities", means, dtype=pl.List(pl.Float64)))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# report
-
-
-def _run_report(store: Any, config: RunConfig) -> tuple[StageResult, tuple[Path, ...]]:
+def _run_report(store: ScreenStore, config: RunConfig) -> tuple[StageResult, tuple[Path, ...]]:
     from .report import build_reports
 
     t0 = time.perf_counter()
-    out = Path(config.report.out)
-    paths = tuple(build_reports(store, out))
+    paths = tuple(build_reports(store, Path(config.report.out)))
     return StageResult("report", ok=len(paths), seconds=time.perf_counter() - t0), paths
 
 
-def top_hits(store: Any, *, n: int = 10) -> pl.DataFrame:
+def top_hits(store: ScreenStore, *, n: int = 10) -> pl.DataFrame:
     """The ranked hit table's first rows (from the store's ``scores`` view)."""
     return store.sql(f"SELECT rank, perturbation_id, perturbation_name, mean_average_precision, corrected_p_value, "
                      f"effect_size, is_hit FROM scores ORDER BY rank LIMIT {int(n)}")
-

@@ -295,22 +295,14 @@ def test_force_rerun_replaces_without_duplicates(ray_classical, local_classical)
 
 
 def test_batched_driver_ingest_writes_what_the_local_writer_writes(sim, tmp_path):
-    """BatchIngest (many sites per table write) against the local engine's per-site writer, including a site
-    without cells, a failed featurization and a second ingest of the same sites (replace, not append)."""
+    """The writer many sites per table write (as the Ray driver uses it) against one site per write (as sites
+    finish locally), including a site without cells, a failed featurization and a second ingest of the same
+    sites (replace, not append)."""
     from dataclasses import replace
 
-    from subcell_screen.distributed._ingest import BatchIngest
+    from subcell_screen.engine import SiteProcessor, SiteWriter, plate_illumination, select_sites
     from subcell_screen.io import iter_sites
-    from subcell_screen.pipeline import (
-        _illumination,
-        _load_design,
-        _raw_dtype,
-        _record_site,
-        _select_sites,
-        _SiteProcessor,
-        _SiteTally,
-        plan_run,
-    )
+    from subcell_screen.pipeline import _load_design, plan_run
 
     cfg = _config(sim, tmp_path / "a", embedding=FAST_CLASSICAL)
     plan = plan_run(cfg, stages=("segment", "embed"))
@@ -319,29 +311,28 @@ def test_batched_driver_ingest_writes_what_the_local_writer_writes(sim, tmp_path
     for name in ("per_site", "batched"):
         c = cfg.model_copy(update={"screen": cfg.screen.model_copy(update={"path": tmp_path / name})})
         with ScreenStore.create(c.screen.path) as store:
-            sel = _select_sites(store, c, plan, _load_design(store, c), stages=("segment", "embed"), force=False)
-            processor = _SiteProcessor.from_plan(c, plan)
+            sel = select_sites(store, c, plan, _load_design(store, c), stages=("segment", "embed"), force=False)
+            processor = SiteProcessor.from_plan(c, plan)
             if not outcomes:
-                illum = _illumination(store, c, sel.index, sel.index.plates(), force=False)
+                illum, _ = plate_illumination(store, sel.index, sel.index.plates(), force=False)
                 for i, (record, site) in enumerate(iter_sites(sel.records, illumination=illum)):
                     if i == 2:  # a blank site: no cells
                         site = replace(site, data=np.zeros_like(site.data))
                     outcomes.append(processor.process(site, segment=True, featurize=True,
-                                                      raw_dtype=_raw_dtype(store, record.key)))
+                                                      raw_dtype=sel.raw_dtype(record.key)))
                 outcomes[5] = replace(outcomes[5], features=None, feat_error=("ValueError", "bad crop"))
                 assert outcomes[2].segmentation.n_cells == 0
-            tally = tallies[name] = _SiteTally()
             if name == "per_site":
-                for o in outcomes:
-                    _record_site(store, o, processor=processor, selection=sel, tally=tally, run_id="r")
+                with SiteWriter(store, processor=processor, selection=sel, run_id="r", batch_sites=1) as writer:
+                    for o in outcomes:
+                        writer.add(o)
+                tallies[name] = writer.tally
             else:
                 for _ in range(2):
-                    tally = tallies[name] = _SiteTally()
-                    ingest = BatchIngest(store, processor=processor, selection=sel, tally=tally, run_id="r",
-                                         batch_sites=5)
-                    for o in outcomes:
-                        ingest.add(o)
-                    ingest.flush()
+                    with SiteWriter(store, processor=processor, selection=sel, run_id="r", batch_sites=5) as writer:
+                        for o in outcomes:
+                            writer.add(o)
+                    tallies[name] = writer.tally
     a, b = _tables(tmp_path / "per_site"), _tables(tmp_path / "batched")
     _assert_same_tables(a, b)
     assert a["sites"].filter(pl.col("status") == "failed").height == 1

@@ -256,3 +256,23 @@ def test_profile_sets_of_any_width_live_side_by_side(tmp_path):
         assert store.read_profiles(profile_set="raw").width == meta + 4608
         assert store.read_profiles(profile_set="normalized").width == meta + 10
         assert store.read_profiles().width == meta + 343  # the final set
+
+
+def test_every_segmentation_key_applies_to_the_run(tmp_path):
+    # [segmentation].min_nucleus_area_um2 was accepted and ignored by `subcell-screen run` (only
+    # segment.segmenter_from_config applied it): the run now builds its segmenter from the section
+    counts = {}
+    for name, area in (("default", None), ("large_nuclei_only", 120.0)):
+        images = tmp_path / name / "images"
+        rp.write_phenix_plate(images, "P1", {"B02": 0, "B03": 1, "B04": 2, "B05": 3})
+        rp.write_layout(tmp_path / name / "lay.csv", {"B02": "DMSO", "B03": "DMSO", "B04": "BRD-K50691590",
+                                                     "B05": "BRD-K50691590"})
+        rp.write_plates_table(tmp_path / name / "plates.csv", {"P1": "lay"})
+        seg = {"method": "classical"} if area is None else {"method": "classical", "min_nucleus_area_um2": area}
+        cfg = load_config(rp.example_config(tmp_path / name, images=images, plates_table=tmp_path / name /
+                                            "plates.csv", segmentation=seg, embedding=rp.FAST_FEATURES))
+        run(cfg, stages=("segment",), progress=False)
+        with ScreenStore.open(cfg.screen.path, read_only=True) as store:
+            counts[name] = store.sql("SELECT count(*) AS n, min(nucleus_area_um2) AS a FROM cells").row(0)
+    (n0, a0), (n1, a1) = counts["default"], counts["large_nuclei_only"]
+    assert n0 > n1 > 0 and a0 < 120.0 <= a1, counts

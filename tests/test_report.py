@@ -289,7 +289,7 @@ def _build_screen(root: Path) -> dict:
         scores = scores.sort(["corrected_p_value", "mean_average_precision", "perturbation_id"],
                              descending=[False, True, False]).with_row_index("rank", offset=1)
         scores = scores.with_columns(pl.col("rank").cast(pl.Int32))
-        store.write_table("score_results", scores)
+        store.write_table("perturbation_scores", scores)
         # what the score stage records beside the scores: every perturbation, scored or not and why
         negcon_wells = int(neg_mask.sum())
         store.write_table("scoring_coverage", pl.concat([
@@ -300,9 +300,6 @@ def _build_screen(root: Path) -> dict:
                           "n_wells": [negcon_wells], "n_plates": [len(plates)], "scored": [False],
                           "reason": ["negative control: the reference the others are ranked against"]})],
             how="vertical_relaxed"))
-        store.create_view("scores", "SELECT perturbation_id, perturbation_name, control_type, n_wells, "
-                          "mean_average_precision, p_value, corrected_p_value, effect_size, effect_ci_low, "
-                          "effect_ci_high, cell_count_fraction, cytotoxic, is_hit, rank FROM score_results")
 
         # dose response: activity = mean profile norm per dose, 4PL fit
         conc = prof["Metadata_concentration"].to_numpy()
@@ -334,8 +331,7 @@ def _build_screen(root: Path) -> dict:
             "to_class": ["Nucleoplasm"] * len(actives),
             "effect_size": np.linspace(2.0, 0.5, len(actives)), "p_value": np.geomspace(1e-6, 0.2, len(actives)),
             "q_value": np.geomspace(1e-5, 0.4, len(actives))})
-        store.write_table("relocalization_calls", rel)
-        store.create_view("relocalization", "SELECT * FROM relocalization_calls")
+        store.write_table("relocalization_results", rel)
         store.finish_run(run_id, status="ok", summary={
             "featurizer": "classical", "segmenter": "classical", "fallbacks": [FALLBACK],
             "sites_ok": len(site_rows) - 1, "sites_failed": 1})
@@ -663,25 +659,27 @@ def test_reports_are_self_contained(reports):
 
 
 def test_missing_tables_say_not_computed(tmp_path):
+    # the store declares every table, so in a fresh store they exist and are empty (before the store owned its
+    # schema, tables appeared with their first writer and these sections said "missing")
     with ScreenStore.create(tmp_path / "bare") as store:
         store.replace_rows("plates", pl.DataFrame({"plate": ["P1"], "plate_format": [96]},
                                                   schema_overrides={"plate_format": pl.Int32}), keys=["plate"])
     with ScreenStore.open(tmp_path / "bare", read_only=True) as store:
-        with pytest.raises(NotComputed, match="missing scores") as info:
+        with pytest.raises(NotComputed, match="empty scores") as info:
             run_query(store, "ranked_hits", top=3)
-        assert info.value.reason == "table scores is missing"
+        assert info.value.reason == "table scores is empty"
         qc = build_qc_report(store, tmp_path / "out")
     hits = build_hit_report(tmp_path / "bare", tmp_path / "out")  # a screen folder works too
     qc_html, hit_html = qc.read_text(), hits.read_text()
-    for phrase in ("Cells per well: not computed (table cells is missing",
-                   "Per-channel intensity and focus: not computed (table site_qc is missing)",
-                   "Control separation: not computed (table well_profiles is missing)",
-                   "Segmentation overlays: not computed (table cells is missing; tables masks, sites are empty)",
+    for phrase in ("Cells per well: not computed (tables sites, cells are empty",
+                   "Per-channel intensity and focus: not computed (table site_qc is empty)",
+                   "Control separation: not computed (table well_profiles is empty)",
+                   "Segmentation overlays: not computed (tables masks, sites are empty)",
                    "Run provenance: not computed (table runs is empty)"):
         assert phrase in qc_html, phrase
-    for phrase in ("Scores: not computed (table scores is missing)",
-                   "Dose-response fits: not computed (table dose_response is missing)",
-                   "Relocalization: not computed (table relocalization is missing)"):
+    for phrase in ("Scores: not computed (table scores is empty)",
+                   "Dose-response fits: not computed (table dose_response is empty)",
+                   "Relocalization: not computed (table relocalization is empty)"):
         assert phrase in hit_html, phrase
     assert "<img" not in hit_html
 
@@ -690,8 +688,8 @@ def test_empty_tables_and_views_say_not_computed(screen, tmp_path):
     copy = tmp_path / "screen"
     shutil.copytree(screen["store"], copy)
     with ScreenStore.open(copy) as store:
-        store.con.execute("DELETE FROM score_results")
-        store.con.execute("DROP TABLE relocalization_calls")  # the view now points at nothing
+        store.con.execute("DELETE FROM perturbation_scores")
+        store.con.execute("DROP TABLE relocalization_results")  # the view now points at nothing
         store.con.execute("DELETE FROM dose_points")
     with ScreenStore.open(copy, read_only=True) as store:
         html = build_hit_report(store, tmp_path / "out").read_text()

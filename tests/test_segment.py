@@ -283,12 +283,12 @@ def test_segmenter_from_config(tmp_path, caplog):
     from subcell_screen.segment import CellposeWeightsError, segmenter_from_config
 
     kw = segmenter_from_config(SegmentationSection(nucleus_diameter_um=15, min_nucleus_area_um2=20))
-    assert kw["method"] == "classical" and kw["model"] is None
-    assert kw["params"].nucleus_diameter_um == 15 and kw["params"].min_nucleus_area_um2 == 20
+    assert kw.method == "classical" and kw.model is None
+    assert kw.params.nucleus_diameter_um == 15 and kw.params.min_nucleus_area_um2 == 20
     with pytest.raises(CellposeWeightsError, match="classical"):
         segmenter_from_config(SegmentationSection(method="cellpose"))
     with pytest.raises(CellposeWeightsError, match="does not exist"):
         segmenter_from_config(SegmentationSection(method="cellpose", weights=tmp_path / "w.pth"))
     kw = segmenter_from_config(SegmentationSection(method="cellpose", allow_fallback=True))
-    assert kw["method"] == "classical"
+    assert kw.method == "classical" and "allow_fallback" in kw.fallback
     assert "allow_fallback" in caplog.text

@@ -93,7 +93,7 @@ def test_sites_and_stage_status(store):
 
 def test_replace_rows_is_idempotent_and_keyed(store):
     cells = pl.DataFrame({"plate": ["P1"] * 3, "well": ["A01"] * 3, "site": [1] * 3, "cell_id": [1, 2, 3],
-                          "area": [10.0, 20.0, 30.0]})
+                          "cell_area_um2": [10.0, 20.0, 30.0]})
     store.replace_rows("cells", cells, keys=["plate", "well", "site"])
     store.replace_rows("cells", cells, keys=["plate", "well", "site"])
     other = cells.with_columns(pl.lit("A02").alias("well"))
@@ -149,12 +149,12 @@ _WRITER = textwrap.dedent("""
     from subcell_screen.store import ScreenStore
     store = ScreenStore.open(sys.argv[1])
     big = pl.DataFrame({"plate": ["P1"] * 200_000, "well": ["A01"] * 200_000, "site": [1] * 200_000,
-                        "cell_id": np.arange(200_000), "area": np.ones(200_000)})
+                        "cell_id": np.arange(200_000), "cell_area_um2": np.ones(200_000)})
     store.con.execute("BEGIN TRANSACTION")
     store.con.execute("DELETE FROM cells WHERE plate = 'P1'")
     store.con.register("b", big.to_arrow())
     for i in range(1000):
-        store.con.execute("INSERT INTO cells SELECT * FROM b")
+        store.con.execute("INSERT INTO cells (plate, well, site, cell_id, cell_area_um2) SELECT * FROM b")
         if i == 0:
             print("writing", flush=True)
     store.con.execute("COMMIT")
@@ -187,7 +187,7 @@ def test_killed_transaction_leaves_previous_state(tmp_path):
     path = tmp_path / "s"
     with ScreenStore.create(path) as s:
         s.replace_rows("cells", pl.DataFrame({"plate": ["P1"] * 5, "well": ["A01"] * 5, "site": [1] * 5,
-                                              "cell_id": list(range(5)), "area": [1.0] * 5}),
+                                              "cell_id": list(range(5)), "cell_area_um2": [1.0] * 5}),
                        keys=["plate", "well", "site"])
     _run_and_kill(_WRITER, path, delay=0.5)
     with ScreenStore.open(path) as s:
@@ -219,3 +219,24 @@ def test_site_status_follows_its_stages(store):
     assert status()[0] == "failed"
     store.set_site_status("P1", "A01", 1, stage="embed:x", status="ok")  # the failed stage succeeds on re-run
     assert status() == ("ok", None)
+
+
+def test_every_table_is_declared_and_writes_are_typed(store):
+    """The store owns its schema: tables exist from the start, writes are cast to the declared types, an
+    undeclared table or column is refused (no table is shaped by its first writer)."""
+    from subcell_screen.store import TABLES, VIEWS
+
+    assert set(TABLES) | set(VIEWS) <= set(store.tables())
+    for name, decl in TABLES.items():
+        cols = store.sql(f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{name}' "
+                         "ORDER BY ordinal_position").rows()
+        assert cols == [(c, t) for c, t in decl.columns], name
+    # ints written as floats, a fixed-size array as a list: cast to the declaration
+    store.replace_rows("site_qc", pl.DataFrame({"plate": ["P"], "well": ["A01"], "site": [1.0], "channel": ["DNA"],
+                                                "mean": [1]}), keys=["plate", "well", "site"])
+    assert store.sql("SELECT typeof(site) t, typeof(mean) m FROM site_qc").row(0) == ("INTEGER", "DOUBLE")
+    with pytest.raises(StoreError, match="declares no table 'my_table'"):
+        store.write_table("my_table", pl.DataFrame({"a": [1]}))
+    with pytest.raises(StoreError, match=r"column .site.: cannot store String values as INTEGER"):
+        store.replace_rows("site_qc", pl.DataFrame({"plate": ["P"], "well": ["A01"], "site": ["one"]}),
+                           keys=["plate"])

@@ -71,15 +71,16 @@ def _not_available(name: str, help_text: str) -> click.Command:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="subcell-screen")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-v", "--verbose", count=True,
+              help="More log output: -v one line per site and stage details (info), -vv debug.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors (default: warnings, progress bars and summaries).")
 def cli(verbose: int, quiet: bool) -> None:
     """subcell-screen: phenotypic profiling of drug screens with the SubCell foundation models.
 
     Plates in (Cell Painting or HPA-style), segmented cells, SubCell embeddings, pycytominer-exact profiles,
     mAP-based hit calling, relocalization, one DuckDB screen store and HTML reports out.
     """
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("subcell_screen")

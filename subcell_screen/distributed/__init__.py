@@ -16,7 +16,7 @@ Ray Data pipeline::
       -> write per-site Parquet to the output folder        CPU tasks       [ray].output
     driver: read each finished site's files and store it    single DuckDB writer
 
-The per-site compute is the local engine's (:class:`subcell_screen.pipeline._SiteProcessor`) and the driver
+The per-site compute is the local engine's (:class:`subcell_screen.engine.SiteProcessor`) and the driver
 stores sites with the local engine's writer, so both engines give the same tables and per-cell features.
 Worker deaths are absorbed by Ray's task retries and actor restarts; file names depend only on the site and
 the driver stores each site once, with replace semantics, so retries never lose or duplicate cells.

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ._cluster import RayEngineError, _node_max, check_resources, import_ray, ray_session
-from ._ingest import BatchIngest
 from ._outputs import dumps, pack_segmentation, read_outcome
 from ._stages import (
     CRASH_ENV,
@@ -60,7 +59,7 @@ def _actor_device(config: Any, *, uses_torch: bool) -> str:
 
 def run_sites_ray(store: Any, config: Any, plan: Any, *, stages: Sequence[str], force: bool = False,
                   address: str | None = None, run_id: str, progress: bool | None = None,
-                  design: Any = None) -> list[Any]:
+                  design: Any) -> list[Any]:
     """The segment and/or embed stages of :func:`subcell_screen.pipeline.run` on a Ray cluster.
 
     The driver (this process) indexes and checks the sites and computes illumination functions (as Ray tasks),
@@ -91,7 +90,7 @@ def run_sites_ray(store: Any, config: Any, plan: Any, *, stages: Sequence[str], 
     progress
         Progress bar over stored sites (None: on a terminal).
     design
-        The screen design already read by :func:`~subcell_screen.pipeline.run` (read again when None).
+        The screen design :func:`~subcell_screen.pipeline.run` read.
 
     Returns
     -------
@@ -103,27 +102,25 @@ def run_sites_ray(store: Any, config: Any, plan: Any, *, stages: Sequence[str], 
     RayEngineError
         Ray is not installed, the cluster lacks requested resources, or sites produced no output.
     """
-    from ..pipeline import _load_design, _select_sites, _site_stage_results, _SiteProcessor, _SiteTally
+    from ..engine import SiteProcessor, SiteWriter, select_sites, stage_results
 
     ray = import_ray()
     t_start = time.perf_counter()
-    if design is None:
-        design = _load_design(store, config)
-    sel = _select_sites(store, config, plan, design, stages=stages, force=force)
-    processor = _SiteProcessor.from_plan(config, plan)
-    tally = _SiteTally()
+    sel = select_sites(store, config, plan, design, stages=stages, force=force)
+    processor = SiteProcessor.from_plan(config, plan)
+    writer = SiteWriter(store, processor=processor, selection=sel, run_id=run_id, batch_sites=64, max_wait_s=10.0)
     notes: list[str] = []
     if sel.records:
         with ray_session(config.ray, address=address) as session:
-            notes.append(_run_pipeline(ray, session, store, config, plan, sel, processor, tally, force=force,
-                                       run_id=run_id, progress=progress))
-    results = _site_stage_results(store, sel, tally, total_seconds=time.perf_counter() - t_start)
+            notes.extend(_run_pipeline(ray, session, store, config, plan, sel, writer, force=force,
+                                       progress=progress))
+    results = stage_results(store, sel, writer.tally, total_seconds=time.perf_counter() - t_start)
     return [replace(r, messages=tuple(notes) + r.messages) for r in results]
 
 
-def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, sel: Any, processor: Any,
-                  tally: Any, *, force: bool, run_id: str, progress: bool | None) -> str:
-    from ..pipeline import _FEATURE_ERRORS, _stored_segmentation
+def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, sel: Any, writer: Any, *,
+                  force: bool, progress: bool | None) -> list[str]:
+    from ..engine import FEATURE_ERRORS, stored_segmentation
 
     rc = config.ray
     keys = [r.key for r in sel.records]
@@ -142,6 +139,7 @@ def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, se
 
     # illumination functions: per plate, computed as Ray tasks when not stored yet, stored by the driver
     illum_refs: dict[str, Any] = {}
+    notes: list[str] = []
     if config.illumination_correction():
         plates = sorted({r.plate for r in sel.records})
         stored = {} if force else {p: store.read_illumination(p) for p in plates}
@@ -153,6 +151,9 @@ def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, se
                 funcs, recipe = ray.get(ref)
                 store.write_illumination(p, funcs, recipe=recipe)
                 stored[p] = funcs
+                if recipe.get("n_excluded"):
+                    notes.append(f"plate {p}: {recipe['n_excluded']} site(s) left out of the illumination "
+                                 f"functions, e.g. {list(recipe.get('excluded_sites') or [])[:3]}")
         illum_refs = {p: ray.put(stored[p]) for p in plates}
 
     from ..embed.weights import is_offline, resolve_cache_dir
@@ -166,17 +167,16 @@ def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, se
         crash=parse_crash_hook(os.environ.get(CRASH_ENV)))
 
     # the manifest: one small row per site (paths, not pixels)
-    dtypes = {(r[0], r[1], int(r[2])): r[3] for r in store.sql("SELECT plate, well, site, dtype FROM sites").rows()}
     manifest = []
     for record in sel.records:
         key = record.key
         payload: dict[str, Any] = {"record": record.to_dict(), "need_seg": sel.needs_segment(key),
-                                   "need_emb": sel.needs_embed(key), "raw_dtype": dtypes.get(key) or "float32"}
+                                   "need_emb": sel.needs_embed(key), "raw_dtype": sel.raw_dtype(key)}
         if payload["need_emb"] and not payload["need_seg"]:
             try:
-                seg = _stored_segmentation(store, key, pixel_size_um=record.pixel_size_um)
+                seg = stored_segmentation(store, key, pixel_size_um=record.pixel_size_um)
                 payload["seg"] = pack_segmentation(seg)
-            except _FEATURE_ERRORS as exc:
+            except FEATURE_ERRORS as exc:
                 logger.warning("featurization failed for %s: %s", key, exc)
                 payload.update(featurized=True, feat_error=(type(exc).__name__, str(exc)))
         manifest.append({"plate": key[0], "well": key[1], "site": int(key[2]), "payload": dumps(payload)})
@@ -197,8 +197,8 @@ def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, se
     bar = tqdm(total=len(manifest), desc="sites (ray)", unit="site",
                disable=None if progress is None else not progress)
     seen: set[tuple] = set()
-    ingest = BatchIngest(store, processor=processor, selection=sel, tally=tally, run_id=run_id)
     t0 = time.perf_counter()
+    read_seconds = 0.0
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             cols = batch.to_pydict()
@@ -209,12 +209,12 @@ def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, se
                 seen.add(key)
                 t_read = time.perf_counter()
                 outcome = read_outcome(path, output=output, decode=False)
-                ingest.seconds += time.perf_counter() - t_read
-                ingest.add(outcome)
+                read_seconds += time.perf_counter() - t_read
+                writer.add(outcome)
                 bar.update(1)
     finally:
         try:
-            ingest.flush()  # finished sites are stored even when the run stops early
+            writer.flush()  # finished sites are stored even when the run stops early
         finally:
             bar.close()
             ctx.enable_progress_bars = saved
@@ -225,13 +225,14 @@ def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, se
     if lost:
         raise RayEngineError(f"{len(lost)} site(s) produced no output on Ray, e.g. {lost[:3]}; "
                              "re-run to compute them (finished sites are kept)")
-    for res in (tally.seg, tally.emb):
+    for res in (writer.tally.seg, writer.tally.emb):
         res["messages"].sort()
     note = (f"ray: {len(keys)} sites in {wall:.1f} s ({len(keys) / max(wall, 1e-9):.2f} sites/s) on "
-            f"{session.describe()}; operators {shape}; actors on {device}; driver ingest {1000 * ingest.seconds / max(len(keys), 1):.0f} "
+            f"{session.describe()}; operators {shape}; actors on {device}; driver ingest "
+            f"{1000 * (writer.seconds + read_seconds) / max(len(keys), 1):.0f} "
             f"ms/site; outputs in {output}")
     logger.info(note)
-    return note
+    return [note, *notes]
 
 
 def _executed_operators(ds: Any) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ..store import _safe_name, decode_array, encode_array, write_parquet_atomic
+from ..store import decode_array, encode_array, safe_name, write_parquet_atomic
 
 SITES_DIR = "sites"
 FEATURES_DIR = "features"
@@ -53,8 +53,7 @@ def pack_site(site: Any) -> dict:
 def record_from_dict(d: dict) -> Any:
     from ..io import SiteRecord
 
-    return SiteRecord(plate=d["plate"], well=d["well"], site=int(d["site"]), channels=dict(d["channels"]),
-                      pixel_size_um=d["pixel_size_um"], reader=d["reader"])
+    return SiteRecord.from_dict(d)
 
 
 def unpack_site(d: dict) -> Any:
@@ -127,18 +126,18 @@ def unpack_crops(items: list[dict]) -> list:
 
 def site_file(output: str | Path, key: tuple[str, str, int]) -> Path:
     plate, well, site = key
-    return Path(output) / SITES_DIR / f"plate={_safe_name(plate)}" / f"{_safe_name(well)}_s{int(site)}.parquet"
+    return Path(output) / SITES_DIR / f"plate={safe_name(plate)}" / f"{safe_name(well)}_s{int(site)}.parquet"
 
 
 def features_file(output: str | Path, feature_set: str, key: tuple[str, str, int]) -> Path:
     plate, well, site = key
-    return (Path(output) / FEATURES_DIR / _safe_name(feature_set) / f"plate={_safe_name(plate)}"
-            / f"{_safe_name(well)}_s{int(site)}.parquet")
+    return (Path(output) / FEATURES_DIR / safe_name(feature_set) / f"plate={safe_name(plate)}"
+            / f"{safe_name(well)}_s{int(site)}.parquet")
 
 
 def inflight_file(output: str | Path, stage: str, key: tuple[str, str, int]) -> Path:
     plate, well, site = key
-    return Path(output) / INFLIGHT_DIR / stage / _safe_name(plate) / f"{_safe_name(well)}_s{int(site)}"
+    return Path(output) / INFLIGHT_DIR / stage / safe_name(plate) / f"{safe_name(well)}_s{int(site)}"
 
 
 def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
@@ -174,7 +173,7 @@ def _features_frame(out: Any, kind: str) -> tuple[pl.DataFrame | None, dict]:
 
 
 def write_outcome(output: str | Path, out: Any, *, kind: str, feature_set: str) -> Path:
-    """Write one site's :class:`~subcell_screen.pipeline._SiteOutcome` (site row + per-cell features).
+    """Write one site's :class:`~subcell_screen.engine.SiteOutcome` (site row + per-cell features).
 
     Returns the path of the site file; the driver reads it with :func:`read_outcome`.
     """
@@ -214,11 +213,11 @@ def write_outcome(output: str | Path, out: Any, *, kind: str, feature_set: str) 
 
 
 def read_outcome(path: str | Path, *, output: str | Path | None = None, decode: bool = True) -> Any:
-    """The :class:`~subcell_screen.pipeline._SiteOutcome` written by :func:`write_outcome`.
+    """The :class:`~subcell_screen.engine.SiteOutcome` written by :func:`write_outcome`.
 
     With ``decode=False`` its segmentation is an :class:`EncodedSegmentation` (label images not decompressed).
     """
-    from ..pipeline import _SiteOutcome
+    from ..engine import SiteOutcome
 
     path = Path(path)
     output = Path(output) if output is not None else path.parents[2]
@@ -235,7 +234,7 @@ def read_outcome(path: str | Path, *, output: str | Path | None = None, decode: 
     if r["featurized"] and r["feat_error"] is None:
         features = _read_features(features_file(output, r["feature_set"], key), r["feature_kind"],
                                   json.loads(r["feature_meta"]))
-    return _SiteOutcome(
+    return SiteOutcome(
         key=key, channel_names=tuple(r["channel_names"] or ()), load_error=r["load_error"],
         site_qc=_from_ipc(r["site_qc"]), segmented=bool(r["segmented"]), segmentation=seg,
         readouts=_from_ipc(r["readouts"]),

@@ -2,7 +2,7 @@
 
 Every stage maps a batch of rows ``plate, well, site, payload`` (``payload``: one pickled dict per site, see
 :mod:`._outputs`) to a batch of the same rows, so that no Arrow schema has to be inferred from per-site data.
-The compute is :class:`subcell_screen.pipeline._SiteProcessor`, the same code the local engine runs.
+The compute is :class:`subcell_screen.engine.SiteProcessor`, the same code the local engine runs.
 
 Worker deaths: Ray retries a task whose worker died and restarts a dead actor (Ray Data's defaults), so a
 batch runs again. Each site is bracketed by an "in flight" marker file under the shared output folder; a site
@@ -129,19 +129,24 @@ _PROCESSORS: dict[str, Any] = {}
 _ILLUMINATION: dict[tuple[str, str], Any] = {}
 
 
-def _processor(spec: StageSpec, **models: Any) -> Any:
-    """The :class:`~subcell_screen.pipeline._SiteProcessor` of this run (cached per worker process)."""
-    from ..pipeline import _SiteProcessor
+def _processor(spec: StageSpec, *, cellpose: Any = None, subcell: Any = None) -> Any:
+    """The :class:`~subcell_screen.engine.SiteProcessor` of this run (cached per worker process when no model
+    is given)."""
+    from ..engine import SiteProcessor
+    from ..segment import Segmenter, segmenter_from_config
 
-    if models:
-        return _SiteProcessor(spec.config, segmenter=spec.segmenter, featurizer=spec.featurizer,
-                              feature_set=spec.feature_set, device=spec.device,
-                              embed_batch_size=spec.embed_batch_size, **models)
+    if cellpose is not None or subcell is not None:
+        seg = segmenter_from_config(spec.config.segmentation, load=False)
+        if cellpose is not None:
+            seg = Segmenter(method="cellpose", model=cellpose, params=seg.params)
+        return SiteProcessor(spec.config, featurizer=spec.featurizer, feature_set=spec.feature_set,
+                             device=spec.device, segmenter=seg, subcell=subcell,
+                             embed_batch_size=spec.embed_batch_size)
     if spec.run_token not in _PROCESSORS:
         _PROCESSORS.clear()
-        _PROCESSORS[spec.run_token] = _SiteProcessor(spec.config, segmenter="classical",
-                                                     featurizer=spec.featurizer, feature_set=spec.feature_set,
-                                                     device=spec.device, embed_batch_size=spec.embed_batch_size)
+        _PROCESSORS[spec.run_token] = SiteProcessor(spec.config, featurizer=spec.featurizer,
+                                                    feature_set=spec.feature_set, device=spec.device,
+                                                    embed_batch_size=spec.embed_batch_size)
     return _PROCESSORS[spec.run_token]
 
 
@@ -164,8 +169,7 @@ def _illumination_for(spec: StageSpec, plate: str) -> Any:
 
 def load_sites(batch: Any, *, spec: StageSpec) -> Any:
     """CPU task: read (and illumination-correct) each site; QC rows. A bad site gets ``load_error``."""
-    from ..io import SiteLoadError, load_site
-    from ..pipeline import _site_qc_rows
+    from ..io import SiteLoadError, load_site, site_qc_rows
 
     rows = _rows(batch)
     for key, p in rows:
@@ -179,7 +183,7 @@ def load_sites(batch: Any, *, spec: StageSpec) -> Any:
                 return
             p["site"] = out_.pack_site(site)
             p["channel_names"] = tuple(site.channel_names)
-            p["site_qc"] = _site_qc_rows(site)
+            p["site_qc"] = site_qc_rows(site)
 
         _guarded(spec, "load", key, work, lambda msg, p=p: p.__setitem__("load_error", msg))
     return _batch(rows)
@@ -189,12 +193,12 @@ class SegmentSites:
     """Actor: segments sites (Cellpose loaded once per actor, on its GPU when it has one)."""
 
     def __init__(self, spec: StageSpec) -> None:
-        from ..pipeline import _load_cellpose_model
+        from ..segment import segmenter_from_config
 
         self.spec = spec
-        cellpose = (_load_cellpose_model(spec.config, device=spec.device)
+        cellpose = (segmenter_from_config(spec.config.segmentation, device=spec.device).model
                     if spec.segmenter.startswith("cellpose") else None)
-        self.processor = _processor(spec, cellpose=cellpose)
+        self.processor = _processor(spec, cellpose=cellpose) if cellpose is not None else _processor(spec)
 
     def __call__(self, batch: Any) -> Any:
         rows = _rows(batch)
@@ -219,7 +223,7 @@ def crop_sites(batch: Any, *, spec: StageSpec) -> Any:
     """CPU task (GPU embedding only): cut each site's cell crops at source resolution for on-device resizing."""
     import time
 
-    from ..pipeline import _FEATURE_ERRORS
+    from ..engine import FEATURE_ERRORS
 
     processor = _processor(spec)
     rows = _rows(batch)
@@ -233,7 +237,7 @@ def crop_sites(batch: Any, *, spec: StageSpec) -> Any:
                 site = out_.unpack_site(p["site"])
                 seg = out_.unpack_segmentation(p["seg"])
                 p["crops"] = out_.pack_crops(list(processor.features.crops(site, seg)))
-            except _FEATURE_ERRORS as exc:
+            except FEATURE_ERRORS as exc:
                 logger.warning("featurization failed for %s: %s", key, exc)
                 p.update(featurized=True, feat_error=(type(exc).__name__, str(exc)))
             p["crop_seconds"] = time.perf_counter() - t0
@@ -248,10 +252,11 @@ class EmbedSites:
     """Actor: SubCell embeddings (model loaded once per actor; crops made here when the actor has no GPU)."""
 
     def __init__(self, spec: StageSpec) -> None:
-        from ..pipeline import _load_subcell_model
+        from ..embed import load_model_from_config
 
         self.spec = spec
-        model = _load_subcell_model(spec.config, device=spec.device, cache_dir=spec.cache_dir, offline=spec.offline)
+        model = load_model_from_config(spec.config.embedding, device=spec.device, cache_dir=spec.cache_dir,
+                                       offline=spec.offline)
         self.processor = _processor(spec, subcell=model)
 
     def __call__(self, batch: Any) -> Any:
@@ -303,12 +308,12 @@ def write_sites(batch: Any, *, spec: StageSpec) -> Any:
     """CPU task: write each site's outcome to the output folder; returns ``plate, well, site, path`` rows."""
     import pyarrow as pa
 
-    from ..pipeline import _SiteOutcome
+    from ..engine import SiteOutcome
 
     keys, paths = [], []
     for key, p in _rows(batch):
         seg = p.get("seg")
-        outcome = _SiteOutcome(
+        outcome = SiteOutcome(
             key=key, channel_names=tuple(p.get("channel_names") or ()), load_error=p.get("load_error"),
             site_qc=p.get("site_qc"), segmented=bool(p.get("segmented")),
             segmentation=seg if p.get("segmented") else None,  # still compressed: written as is

@@ -27,6 +27,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
+    "SubcellSiteFeatures": "._site",
+    "load_model_from_config": "._site",
+    "model_provenance": "._site",
     # model
     "load_model": ".model",
     "SubCellModel": ".model",
@@ -103,6 +106,7 @@ if TYPE_CHECKING:  # pragma: no cover
         WeightsError,
         WeightsNotFoundError,
     )
+    from ._site import SubcellSiteFeatures, load_model_from_config, model_provenance
     from .classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES
     from .engine import Embedder, EmbeddingResult, embed_batches
     from .export import result_table, save_attention_map, write_embeddings, write_h5ad, write_result_csv

@@ -13,6 +13,8 @@ ClassicalFeaturizer(params=FeatureParams(), intensity_scale="dtype").featurize_s
     channel_map=None) -> keys + ``features``;  featurize_site(...) is the one-call form
 write_features(store, table, *, feature_set="classical", feature_names, parameters=None)
 cytoplasm_labels(nuclei, cells, *, shrink_nuclei=False)
+ClassicalSiteFeatures.from_config(config.embedding, feature_set=..., channel_map=...)  (the engine's featurizer)
+protein_readout(site, segmentation, channel) -> per-cell nuclear/cytoplasmic ratio (relocalization readout)
 FeatureParams, intensity_scales
 
 Compartments and rows
@@ -102,6 +104,7 @@ from ._measure import (
                        measure_cells,
 )
 from ._objects import cytoplasm_labels
+from ._site import READOUT_SCHEMA, ClassicalSiteFeatures, protein_readout
 from ._table import FEATURE_SET, ClassicalFeaturizer, featurize_site, to_feature_table, write_features
 
 __all__ = [
@@ -118,4 +121,7 @@ __all__ = [
     "COMPARTMENTS",
     "KEY_COLUMNS",
     "FEATURE_SET",
+    "ClassicalSiteFeatures",
+    "protein_readout",
+    "READOUT_SCHEMA",
 ]

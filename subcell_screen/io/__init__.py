@@ -10,6 +10,7 @@ probe_site(record) -> ((C, H, W), dtype)
 iter_sites(records, *, illumination=None, prefetch=None, workers=None) -> iterator of (record, image or error)
 check_sites(index, *, store=None, decode=False) -> SiteCheckReport
 compute_illumination(index, *, plate, ...) -> IlluminationFunctions;  apply_illumination(site, functions)
+site_qc_rows(site) -> per-channel intensity, saturation and focus of a loaded site
 is_plausible_pixel_size(value) -> bool
     Pixel sizes outside :data:`PLAUSIBLE_PIXEL_SIZE_UM` (0.05-5 µm/px) found in metadata are never used; each
     :class:`SiteRecord` says where its pixel size came from (``pixel_size_source``).
@@ -54,6 +55,7 @@ __all__ = [
     "NonFiniteSiteError",
     "MixedDtypeError",
     "PlateUnreadableError",
+    "site_qc_rows",
     "PLAUSIBLE_PIXEL_SIZE_UM",
     "PixelSize",
     "is_plausible_pixel_size",
@@ -72,6 +74,7 @@ _LAZY = {
     "compute_illumination": ".illumination",
     "apply_illumination": ".illumination",
     "IlluminationFunctions": ".illumination",
+    "site_qc_rows": "._qc",
     "PLAUSIBLE_PIXEL_SIZE_UM": "._metadata",
     "PixelSize": "._metadata",
     "is_plausible_pixel_size": "._metadata",

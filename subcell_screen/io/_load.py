@@ -710,6 +710,7 @@ def _refuse_minority_dtypes(results: list[tuple[SiteRecord, Any]]) -> list[tuple
 
 
 def _record_in_store(store, results) -> None:
+    """Register the checked sites and their ``load`` outcome (the store owns the site status rules)."""
     import json
 
     import polars as pl
@@ -721,36 +722,16 @@ def _record_in_store(store, results) -> None:
         shape = None if failed else res[0]
         rows.append({"plate": rec.plate, "well": rec.well, "site": int(rec.site), "reader": rec.reader,
                      "channels": json.dumps(dict(rec.channels)), "pixel_size_um": rec.pixel_size_um,
-                     "pixel_size_source": rec.pixel_size_source, "height": None if failed else int(shape[1]), "width": None if failed else int(shape[2]),
-                     "dtype": None if failed else np.dtype(res[1]).name,
-                     "error": f"load: {res}" if failed else None, "failed": failed})
+                     "pixel_size_source": rec.pixel_size_source, "height": None if failed else int(shape[1]),
+                     "width": None if failed else int(shape[2]), "dtype": None if failed else np.dtype(res[1]).name})
         stages.append({"plate": rec.plate, "well": rec.well, "site": int(rec.site), "stage": "load",
                        "status": "failed" if failed else "ok", "error": str(res) if failed else None})
     if not rows:
         return
     schema = {"plate": pl.String, "well": pl.String, "site": pl.Int32, "reader": pl.String, "channels": pl.String,
-              "pixel_size_um": pl.Float64, "pixel_size_source": pl.String, "height": pl.Int32, "width": pl.Int32, "dtype": pl.String,
-              "error": pl.String, "failed": pl.Boolean}
-    df = pl.DataFrame(rows, schema=schema)
-    existing = store.sql("SELECT plate, well, site, status AS old_status, error AS old_error FROM sites")
-    existing = existing.with_columns(pl.col("site").cast(pl.Int32))
-    df = df.join(existing, on=["plate", "well", "site"], how="left")
-    df = df.with_columns(
-        pl.when(pl.col("failed")).then(pl.lit("failed"))
-        .when(pl.col("old_status").is_null()
-              | (pl.col("old_status").eq("failed") & pl.col("old_error").str.starts_with("load:")))
-        .then(pl.lit("pending"))
-        .otherwise(pl.col("old_status")).alias("status"),
-        pl.when(pl.col("failed")).then(pl.col("error"))
-        .when(pl.col("old_status").eq("failed") & pl.col("old_error").str.starts_with("load:"))
-        .then(pl.lit(None, dtype=pl.String))
-        .otherwise(pl.col("old_error")).alias("error"),
-    ).drop("failed", "old_status", "old_error")
-    store.register_sites(df)
-    st = pl.DataFrame(stages, schema={"plate": pl.String, "well": pl.String, "site": pl.Int32, "stage": pl.String,
-                                      "status": pl.String, "error": pl.String})
-    from datetime import UTC, datetime
-
-    st = st.with_columns(pl.lit(datetime.now(UTC).replace(tzinfo=None)).alias("updated_at"))
-    store.replace_rows("site_stages", st, keys=["plate", "well", "site", "stage"])
-
+              "pixel_size_um": pl.Float64, "pixel_size_source": pl.String, "height": pl.Int32, "width": pl.Int32,
+              "dtype": pl.String}
+    store.register_sites(pl.DataFrame(rows, schema=schema))
+    store.record_site_stages(pl.DataFrame(stages, schema={"plate": pl.String, "well": pl.String, "site": pl.Int32,
+                                                          "stage": pl.String, "status": pl.String,
+                                                          "error": pl.String}))

@@ -57,6 +57,13 @@ class SiteRecord:
         """``(plate, well, site)``."""
         return (self.plate, self.well, self.site)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SiteRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(plate=d["plate"], well=d["well"], site=int(d["site"]), channels=dict(d["channels"]),
+                   pixel_size_um=d["pixel_size_um"], reader=d["reader"],
+                   pixel_size_source=d.get("pixel_size_source"))
+
     def to_dict(self) -> dict:
         """JSON-able dict (``subcell-screen sites --json`` prints these)."""
         return {"plate": self.plate, "well": self.well, "site": self.site, "channels": dict(self.channels),

@@ -42,8 +42,12 @@ from ._presets import (
 )
 from ._reloc import LOCALIZATION_CLASSES, RelocalizationResult, relocalization
 from ._replicating import CorrelationTestResult, corr_between_replicates, correlation_test
+from ._stage import SCORE_COLUMNS, ScoreTables, score_profiles
 
 __all__ = [
+    "score_profiles",
+    "ScoreTables",
+    "SCORE_COLUMNS",
     "scoring_design",
     "ScoringDesign",
     "average_precision",

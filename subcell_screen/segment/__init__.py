@@ -9,7 +9,8 @@ segment_site(site, *, channel_map, method="classical", model=None) -> Segmentati
 segment_sites(sites, *, channel_map, method=..., model=None) -> iterator of Segmentation | SegmentationFailure
 load_cellpose(model="cpsam" | path, *, weights_sha256=None, device="auto", batch_size=32) -> CellposeSegmenter
 write_segmentation(store, segmentation, *, method=None)
-segmenter_from_config(config.segmentation) -> {"method", "model", "params"} for segment_site(s)
+segmenter_from_config(config.segmentation, device=...) -> Segmenter (method, Cellpose model, classical params;
+    ``.segment(site, channel_map=...)``): every ``[segmentation]`` key applies
 match_labels(pred, true, *, iou_threshold=0.5) -> MatchResult   (accuracy against ground truth)
 
 The method is always explicit: a missing Cellpose model raises :class:`CellposeWeightsError` (naming the
@@ -24,6 +25,7 @@ from ._api import (
                    METHODS,
                    Segmentation,
                    SegmentationQC,
+                   Segmenter,
                    cells_table,
                    pair_cells_nuclei,
                    segment_cells,
@@ -62,6 +64,7 @@ __all__ = [
     "segmentation_qc",
     "write_segmentation",
     "segmenter_from_config",
+    "Segmenter",
     "ClassicalParams",
     "classical_nuclei",
     "classical_cells",

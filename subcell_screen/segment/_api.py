@@ -36,6 +36,7 @@ __all__ = [
     "segmentation_qc",
     "write_segmentation",
     "segmenter_from_config",
+    "Segmenter",
 ]
 
 METHODS = ("classical", "cellpose")
@@ -530,8 +531,40 @@ def write_segmentation(store: ScreenStore, segmentation: Segmentation | Segmenta
 
 
 
-def segmenter_from_config(section: Any, *, device: str = "auto") -> dict:
-    """Keyword arguments for :func:`segment_site` / :func:`segment_sites` from a ``[segmentation]`` section.
+@dataclass(frozen=True)
+class Segmenter:
+    """A configured segmenter: what :func:`segmenter_from_config` builds from ``[segmentation]``.
+
+    Attributes
+    ----------
+    method : str
+        ``classical`` or ``cellpose``.
+    model : CellposeSegmenter or None
+        The loaded Cellpose model (``cellpose`` only).
+    params : ClassicalParams
+        Classical parameters (nucleus diameter, minimum nucleus area, ...): every key of the section applies.
+    fallback : str or None
+        Why the classical segmenter runs although Cellpose was configured (``allow_fallback = true``).
+    """
+
+    method: str
+    model: Any = field(default=None, repr=False, compare=False)
+    params: ClassicalParams = field(default_factory=ClassicalParams)
+    fallback: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``classical`` or ``cellpose:<model>`` (provenance)."""
+        return self.method if self.model is None else f"cellpose:{getattr(self.model, 'name', 'cellpose')}"
+
+    def segment(self, site: SiteImage, *, channel_map: ChannelMap) -> Segmentation:
+        """:func:`segment_site` with this segmenter."""
+        return segment_site(site, channel_map=channel_map, method=self.method, model=self.model,
+                            params=self.params)
+
+
+def segmenter_from_config(section: Any, *, device: str = "auto", load: bool = True) -> Segmenter:
+    """The segmenter a ``[segmentation]`` section describes: every key applies, in one place.
 
     Parameters
     ----------
@@ -540,24 +573,25 @@ def segmenter_from_config(section: Any, *, device: str = "auto") -> dict:
         ``batch_size``, ``min_nucleus_area_um2``, ``allow_fallback``.
     device : str
         Device for Cellpose.
+    load : bool
+        Load the Cellpose model (False: only the classical parameters, e.g. for planning).
 
     Returns
     -------
-    dict
-        ``{"method": ..., "model": CellposeSegmenter or None, "params": ClassicalParams}``.
+    Segmenter
 
     Raises
     ------
     CellposeWeightsError
-        ``method = "cellpose"`` without local weights, unless ``allow_fallback = true``: then the error is
-        logged as a warning and the classical segmenter is returned (an explicit, configured fallback).
+        ``method = "cellpose"`` without local weights, unless ``allow_fallback = true``: then the classical
+        segmenter is returned with :attr:`Segmenter.fallback` saying why (an explicit, configured fallback).
     """
     from ._cellpose import CellposeWeightsError, load_cellpose
 
     params = ClassicalParams().with_(nucleus_diameter_um=section.nucleus_diameter_um,
                                      min_nucleus_area_um2=section.min_nucleus_area_um2)
-    if section.method == "classical":
-        return {"method": "classical", "model": None, "params": params}
+    if section.method == "classical" or not load:
+        return Segmenter(method="classical", params=params)
     kwargs: dict[str, Any] = {"weights_sha256": section.weights_sha256, "device": device,
                               "batch_size": section.batch_size}
     if section.nucleus_diameter_um:
@@ -569,7 +603,9 @@ def segmenter_from_config(section: Any, *, device: str = "auto") -> dict:
     except CellposeWeightsError as exc:
         if not section.allow_fallback:
             raise
-        logger.warning("Cellpose unavailable, using the classical segmenter because [segmentation]."
-                       "allow_fallback = true: %s", exc)
-        return {"method": "classical", "model": None, "params": params}
-    return {"method": "cellpose", "model": model, "params": params}
+        first = str(exc).splitlines()[0]
+        why = (f"Cellpose weights not available ({first}); segmented with the classical segmenter instead "
+               "([segmentation].allow_fallback = true)")
+        logger.warning(why)
+        return Segmenter(method="classical", params=params, fallback=why)
+    return Segmenter(method="cellpose", model=model, params=params)

@@ -1,29 +1,4 @@
-"""The screen store: one screen = one folder.
-
-::
-
-    <screen>/
-      screen.duckdb                      runs, plates, wells, sites, masks, cells, profiles, scores, ...
-      cells/<feature_set>/plate=<plate>/<well>_s<site>.parquet   per-cell features (large)
-      logs/
-
-DuckDB holds everything small enough to query interactively; per-cell feature vectors (1536-4608 floats
-per cell) live in Parquet partitioned by plate, one file per site, and are read back through DuckDB or
-Polars. Every write is atomic and idempotent:
-
-* DuckDB writes replace the rows of one key (a site, a plate, a feature set) inside one transaction, so
-  re-running a stage never duplicates rows and a process killed mid-write leaves the previous state.
-* Parquet files are written to a hidden temp file in the same folder and renamed into place; readers only
-  see complete files.
-
-Opening a store written by another schema version raises :class:`~subcell_screen.StoreVersionError`.
-
-Example queries (see also :data:`EXAMPLE_QUERIES`)::
-
-    with ScreenStore.open("screens/demo") as store:
-        store.sql("SELECT well, count(*) AS n_cells FROM cells WHERE plate = ? GROUP BY well ORDER BY well",
-                  ["P1"])
-"""
+"""The :class:`ScreenStore`: lifecycle, generic SQL and the typed writers of every stage."""
 
 from __future__ import annotations
 
@@ -41,54 +16,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ._errors import StoreError, StoreVersionError
+from .._errors import StoreError, StoreVersionError
+from ._schema import SCHEMA_VERSION, ddl, polars_type, table
 
-__all__ = ["ScreenStore", "SCHEMA_VERSION", "EXAMPLE_QUERIES", "encode_array", "decode_array", "write_parquet_atomic"]
+__all__ = ["ScreenStore", "SCHEMA_VERSION", "EXAMPLE_QUERIES", "encode_array", "decode_array",
+           "write_parquet_atomic", "safe_name", "utc_now", "STAGE_ORDER"]
 
 logger = logging.getLogger(__name__)
 
-#: Bumped whenever a table changes incompatibly.
-SCHEMA_VERSION = 1
 DB_NAME = "screen.duckdb"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR, command VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
-    package_version VARCHAR, config JSON, models JSON, parameters JSON, summary JSON, error VARCHAR);
-CREATE TABLE IF NOT EXISTS plates (
-    plate VARCHAR, layout VARCHAR, plate_format INTEGER, batch VARCHAR, cell_line VARCHAR,
-    timepoint VARCHAR, extra JSON);
-CREATE TABLE IF NOT EXISTS wells (
-    plate VARCHAR, well VARCHAR, perturbation_id VARCHAR, perturbation_name VARCHAR,
-    perturbation_type VARCHAR, control_type VARCHAR, concentration DOUBLE, concentration_unit VARCHAR,
-    target VARCHAR, moa VARCHAR, inchikey VARCHAR, protein VARCHAR, extra JSON);
-CREATE TABLE IF NOT EXISTS sites (
-    plate VARCHAR, well VARCHAR, site INTEGER, reader VARCHAR, channels JSON, pixel_size_um DOUBLE,
-    pixel_size_source VARCHAR, height INTEGER, width INTEGER, dtype VARCHAR, status VARCHAR, error VARCHAR, updated_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS site_stages (
-    plate VARCHAR, well VARCHAR, site INTEGER, stage VARCHAR, status VARCHAR, error VARCHAR,
-    n_cells INTEGER, run_id VARCHAR, seconds DOUBLE, updated_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS illumination (
-    plate VARCHAR, channel VARCHAR, height INTEGER, width INTEGER, data BLOB, recipe JSON);
-CREATE TABLE IF NOT EXISTS masks (
-    plate VARCHAR, well VARCHAR, site INTEGER, height INTEGER, width INTEGER, method VARCHAR,
-    nuclei BLOB, cells BLOB);
-CREATE TABLE IF NOT EXISTS channels (
-    channel VARCHAR, position INTEGER, used BOOLEAN, color VARCHAR, roles VARCHAR[]);
-CREATE TABLE IF NOT EXISTS profiles (
-    profile_set VARCHAR, feature_set VARCHAR, plate VARCHAR, well VARCHAR, perturbation_id VARCHAR,
-    concentration DOUBLE, n_wells INTEGER, n_cells INTEGER, features FLOAT[]);
-CREATE TABLE IF NOT EXISTS profile_features (profile_set VARCHAR, position INTEGER, name VARCHAR);
-CREATE TABLE IF NOT EXISTS profile_sets (
-    profile_set VARCHAR, feature_set VARCHAR, level VARCHAR, n_rows INTEGER, n_features INTEGER, final BOOLEAN);
-CREATE TABLE IF NOT EXISTS scoring_coverage (
-    perturbation_id VARCHAR, perturbation_name VARCHAR, control_type VARCHAR, n_wells BIGINT, n_plates BIGINT,
-    scored BOOLEAN, reason VARCHAR);
-CREATE TABLE IF NOT EXISTS feature_sets (
-    feature_set VARCHAR, kind VARCHAR, n_features INTEGER, feature_names JSON, model VARCHAR,
-    model_sha256 JSON, parameters JSON, created_at TIMESTAMP);
-"""
+#: Per-site stages in data-flow order (``embed:<feature set>`` stages sort after ``segment``).
+STAGE_ORDER: tuple[str, ...] = ("load", "segment", "embed")
 
 #: Readable example SQL against a store (parameters as ``?``).
 EXAMPLE_QUERIES: Mapping[str, str] = {
@@ -99,8 +38,12 @@ EXAMPLE_QUERIES: Mapping[str, str] = {
 }
 
 
-def _now() -> _dt.datetime:
+def utc_now() -> _dt.datetime:
+    """Now in UTC as a naive datetime (the store's timestamps)."""
     return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
+
+
+_now = utc_now
 
 
 def encode_array(array: np.ndarray) -> bytes:
@@ -134,7 +77,14 @@ def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _safe_name(value: object) -> str:
+def safe_name(value: object) -> str:
+    """``value`` as a file-name part (plates, wells and feature sets name files and folders).
+
+    Raises
+    ------
+    StoreError
+        For an empty name, ``.``/``..``, or one with a path separator or a character Windows forbids.
+    """
     text = str(value)
     bad = set('/\\:*?"<>|\0') | {os.sep}
     if not text or text in {".", ".."} or any(c in bad for c in text):
@@ -230,7 +180,7 @@ class ScreenStore:
         if tables:
             raise StoreError(f"{self.path}: {DB_NAME} holds tables {sorted(tables)} but is not a screen store")
         self.con.execute("BEGIN TRANSACTION")
-        self.con.execute(_SCHEMA)
+        self.con.execute(ddl())
         self.con.execute("INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?), "
                          "('package_version', ?)", [str(SCHEMA_VERSION), _now().isoformat(), _package_version()])
         self.con.execute("COMMIT")
@@ -265,15 +215,88 @@ class ScreenStore:
         clauses, params = self._where(where)
         return self.sql(f'SELECT * FROM "{name}"{clauses}', params)
 
+    def _typed(self, name: str, df: pl.DataFrame) -> pl.DataFrame:
+        """``df`` with the declared columns of table ``name``, in table order and cast to their types.
+
+        Columns ``df`` lacks are NULL; a column the table does not declare is an error.
+        """
+        try:
+            decl = table(name)
+        except KeyError as exc:
+            raise StoreError(str(exc.args[0])) from None
+        extra = [c for c in df.columns if c not in decl.types]
+        if extra:
+            raise StoreError(f"table {name!r} has no column(s) {extra}; it has {decl.names}")
+        exprs = []
+        for col, typ in decl.columns:
+            dtype = polars_type(typ)
+            if col not in df.columns:
+                exprs.append(pl.lit(None, dtype=dtype).alias(col))
+            elif df.schema[col] == dtype:
+                exprs.append(pl.col(col))
+            elif isinstance(df.schema[col], pl.Array) and isinstance(dtype, pl.List):
+                exprs.append(pl.col(col).arr.to_list().cast(dtype))
+            else:
+                exprs.append(pl.col(col).cast(dtype, strict=True))
+        try:
+            return df.select(exprs)
+        except pl.exceptions.PolarsError as exc:
+            for (col, typ), expr in zip(decl.columns, exprs):  # name the column that does not fit
+                if col in df.columns:
+                    try:
+                        df.select(expr)
+                    except pl.exceptions.PolarsError:
+                        raise StoreError(f"table {name!r}, column {col!r}: cannot store {df.schema[col]} values "
+                                         f"as {typ} ({str(exc).splitlines()[0]})") from None
+            raise StoreError(f"table {name!r}: rows do not fit its declared columns ({exc})") from None
+
+    def _insert(self, name: str, df: pl.DataFrame) -> None:
+        if df.height:
+            self.con.register("_new_rows", df.to_arrow())
+            try:
+                cols = ", ".join(f'"{c}"' for c in df.columns)
+                self.con.execute(f'INSERT INTO "{name}" ({cols}) SELECT {cols} FROM _new_rows')
+            finally:
+                self.con.unregister("_new_rows")
+
+    def _delete_keys(self, name: str, df: pl.DataFrame, keys: Sequence[str] | Mapping[str, Any]) -> None:
+        if isinstance(keys, Mapping):
+            clauses, params = self._where(dict(keys))
+            self.con.execute(f'DELETE FROM "{name}"{clauses}', params)
+        elif keys and df.height:
+            self.con.register("_keys", df.select(list(keys)).unique().to_arrow())
+            try:
+                cond = " AND ".join(f't."{k}" IS NOT DISTINCT FROM k."{k}"' for k in keys)
+                self.con.execute(f'DELETE FROM "{name}" t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {cond})')
+            finally:
+                self.con.unregister("_keys")
+
+    def _transaction(self):  # noqa: ANN202 - a context manager
+        import contextlib
+
+        @contextlib.contextmanager
+        def tx():
+            self._require_writable()
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+
+        return tx()
+
     def replace_rows(self, table: str, df: pl.DataFrame, *, keys: Sequence[str] | Mapping[str, Any]) -> int:
-        """Atomically replace the rows of ``table`` that share ``df``'s key values, then insert ``df``.
+        """Atomically replace the rows of a declared ``table`` that share ``df``'s key values, then insert ``df``.
 
         Parameters
         ----------
         table
-            Target table; created from ``df``'s schema if missing.
+            A table of :data:`~subcell_screen.store.TABLES`.
         df
-            New rows. Columns missing from ``df`` are filled with NULL; extra columns are an error.
+            New rows, cast to the table's declared types. Columns missing from ``df`` are NULL; a column the
+            table does not declare is an error.
         keys
             Either key column names (every distinct key combination present in ``df`` is deleted first),
             or a ``{column: value}`` mapping naming exactly the rows to delete (use this when ``df`` may be
@@ -285,54 +308,37 @@ class ScreenStore:
             Rows inserted.
         """
         self._check_identifier(table)
-        self._require_writable()
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            exists = self.has_table(table)
-            if not exists:
-                if df.width == 0:
-                    raise StoreError(f"cannot create table {table!r} from an empty frame with no columns")
-                self.con.register("_new_rows", df.to_arrow())
-                self.con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _new_rows LIMIT 0')
-                self.con.unregister("_new_rows")
-            cols = [r[0] for r in self.con.execute(f'DESCRIBE "{table}"').fetchall()]
-            extra = [c for c in df.columns if c not in cols]
-            if extra:
-                raise StoreError(f"table {table!r} has no column(s) {extra}; it has {cols}")
-            if isinstance(keys, Mapping):
-                clauses, params = self._where(dict(keys))
-                self.con.execute(f'DELETE FROM "{table}"{clauses}', params)
-            elif keys and df.height:
-                key_df = df.select(list(keys)).unique()
-                self.con.register("_keys", key_df.to_arrow())
-                cond = " AND ".join(f't."{k}" IS NOT DISTINCT FROM k."{k}"' for k in keys)
-                self.con.execute(f'DELETE FROM "{table}" t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {cond})')
-                self.con.unregister("_keys")
-            if df.height:
-                self.con.register("_new_rows", df.to_arrow())
-                col_list = ", ".join(f'"{c}"' for c in df.columns)
-                self.con.execute(f'INSERT INTO "{table}" ({col_list}) SELECT {col_list} FROM _new_rows')
-                self.con.unregister("_new_rows")
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        return df.height
+        typed = self._typed(table, df)
+        with self._transaction():
+            self._delete_keys(table, typed, keys)
+            self._insert(table, typed)
+        return typed.height
+
+    def replace_site_rows(self, table: str, df: pl.DataFrame | None, *, sites: Sequence[tuple[str, str, int]]) -> int:
+        """Atomically replace every row of the given sites in a per-site table with ``df``.
+
+        Sites without a row in ``df`` (a site without cells) end with no rows, which key-column replacement
+        cannot express. ``df`` may be None (delete only).
+        """
+        self._check_identifier(table)
+        keys = pl.DataFrame({"plate": [str(k[0]) for k in sites], "well": [str(k[1]) for k in sites],
+                             "site": [int(k[2]) for k in sites]}, schema={"plate": pl.String, "well": pl.String,
+                                                                         "site": pl.Int32}).unique()
+        typed = self._typed(table, df) if df is not None else None
+        with self._transaction():
+            self._delete_keys(table, keys, ["plate", "well", "site"])
+            if typed is not None:
+                self._insert(table, typed)
+        return 0 if typed is None else typed.height
 
     def write_table(self, table: str, df: pl.DataFrame) -> int:
-        """Atomically replace the whole of ``table`` with ``df`` (schema taken from ``df``)."""
+        """Atomically replace every row of a declared ``table`` with ``df`` (cast to the declared types)."""
         self._check_identifier(table)
-        self._require_writable()
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            self.con.register("_new_rows", df.to_arrow())
-            self.con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM _new_rows')
-            self.con.unregister("_new_rows")
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        return df.height
+        typed = self._typed(table, df)
+        with self._transaction():
+            self.con.execute(f'DELETE FROM "{table}"')
+            self._insert(table, typed)
+        return typed.height
 
     def create_view(self, name: str, query: str) -> None:
         """Create or replace a SQL view."""
@@ -381,7 +387,7 @@ class ScreenStore:
     def write_design(self, design: Any) -> None:
         """Store a :class:`~subcell_screen.layouts.ScreenDesign` (plates and per-plate wells), replacing
         the rows of its plates."""
-        from .layouts import STANDARD_COLUMNS
+        from ..layouts import STANDARD_COLUMNS
 
         plates = design.plates
         known = {"plate", "layout", "batch", "cell_line", "timepoint"}
@@ -427,7 +433,7 @@ class ScreenStore:
             params.append(plate)
         df = self.sql(q + " ORDER BY w.plate, w.well", params)
         if metadata:
-            from .layouts import to_metadata
+            from ..layouts import to_metadata
 
             df = to_metadata(df)
         return df
@@ -455,31 +461,64 @@ class ScreenStore:
         df = df.with_columns(pl.lit(_now()).alias("updated_at"))
         self.replace_rows("sites", df, keys=["plate", "well", "site"])
 
+    def record_site_stages(self, rows: pl.DataFrame) -> None:
+        """Record per-site stage outcomes, and update the sites' status: the one place that changes it.
+
+        ``rows`` has ``plate``, ``well``, ``site``, ``stage`` (``load``, ``segment``, ``embed:<feature set>``),
+        ``status`` (``ok`` or ``failed``) and optionally ``error``, ``n_cells``, ``run_id``, ``seconds``; one
+        transaction for any number of sites. Then, per site:
+
+        * a stage recorded ``failed`` fails the site, with ``error = "<stage>: <error>"``;
+        * a compute stage recorded ``ok`` makes the site ``ok`` when none of its stages is failed (a re-run
+          that succeeds clears an old failure);
+        * ``load`` recorded ``ok`` clears a load failure (the site is ``pending`` again) and keeps any other
+          status.
+        """
+        if rows.height == 0:
+            return
+        rows = rows.with_columns(pl.lit(_now()).alias("updated_at"))
+        typed = self._typed("site_stages", rows)
+        keys = ["plate", "well", "site"]
+        with self._transaction():
+            self._delete_keys("site_stages", typed, [*keys, "stage"])
+            self._insert("site_stages", typed)
+            self.con.register("_stage_rows", typed.to_arrow())
+            try:
+                now = _now()
+                # failures of this batch: the site is failed with its (first, in stage order) error
+                self.con.execute(
+                    "UPDATE sites SET status = 'failed', error = f.error, updated_at = ? FROM (SELECT plate, well, "
+                    "site, arg_min(stage || ': ' || coalesce(error, 'failed'), CASE WHEN stage = 'load' THEN 0 "
+                    "WHEN stage = 'segment' THEN 1 ELSE 2 END) AS error FROM _stage_rows WHERE status = 'failed' "
+                    "GROUP BY ALL) f WHERE sites.plate = f.plate AND sites.well = f.well AND sites.site = f.site",
+                    [now])
+                ok_sites = ("SELECT 1 FROM site_stages s WHERE s.plate = sites.plate AND s.well = sites.well AND "
+                            "s.site = sites.site AND s.status = 'failed'")
+                # a compute stage done: the site is ok unless another of its stages failed
+                self.con.execute(
+                    "UPDATE sites SET status = 'ok', error = NULL, updated_at = ? FROM (SELECT DISTINCT plate, "
+                    "well, site FROM _stage_rows WHERE status = 'ok' AND stage <> 'load') k WHERE sites.plate = "
+                    f"k.plate AND sites.well = k.well AND sites.site = k.site AND NOT EXISTS ({ok_sites})", [now])
+                # loaded again: a load failure is cleared, any other status kept
+                self.con.execute(
+                    "UPDATE sites SET status = CASE WHEN status IS NULL OR status = 'failed' THEN 'pending' ELSE "
+                    "status END, error = NULL, updated_at = ? FROM (SELECT DISTINCT plate, well, site FROM "
+                    "_stage_rows WHERE status = 'ok' AND stage = 'load') k WHERE sites.plate = k.plate AND "
+                    "sites.well = k.well AND sites.site = k.site AND (sites.status IS NULL OR sites.status <> "
+                    f"'failed' OR sites.error LIKE 'load: %') AND NOT EXISTS ({ok_sites})", [now])
+            finally:
+                self.con.unregister("_stage_rows")
+
     def set_site_status(self, plate: str, well: str, site: int, *, stage: str, status: str,
                         error: str | None = None, n_cells: int | None = None, run_id: str | None = None,
                         seconds: float | None = None) -> None:
-        """Record the outcome of ``stage`` (e.g. ``segment``, ``embed``) for one site.
-
-        ``status`` is ``ok`` or ``failed``; a failed stage also marks the site failed with ``error``.
-        """
-        self._require_writable()
-        row = pl.DataFrame({"plate": [plate], "well": [well], "site": [int(site)], "stage": [stage],
-                            "status": [status], "error": [error], "n_cells": [n_cells], "run_id": [run_id],
-                            "seconds": [seconds], "updated_at": [_now()]},
-                           schema_overrides={"n_cells": pl.Int32, "site": pl.Int32, "error": pl.String,
-                                             "run_id": pl.String, "seconds": pl.Float64})
-        self.replace_rows("site_stages", row, keys=["plate", "well", "site", "stage"])
-        if status == "failed":
-            self.con.execute("UPDATE sites SET status = 'failed', error = ?, updated_at = ? "
-                             "WHERE plate = ? AND well = ? AND site = ?",
-                             [f"{stage}: {error}", _now(), plate, well, int(site)])
-        elif status == "ok":
-            # the site is ok once no stage of it is failed (a re-run that succeeds clears an old failure)
-            self.con.execute(
-                "UPDATE sites SET status = 'ok', error = NULL, updated_at = ? WHERE plate = ? AND well = ? "
-                "AND site = ? AND NOT EXISTS (SELECT 1 FROM site_stages s WHERE s.plate = sites.plate AND "
-                "s.well = sites.well AND s.site = sites.site AND s.status = 'failed')",
-                [_now(), plate, well, int(site)])
+        """Record the outcome of ``stage`` (e.g. ``segment``, ``embed``) for one site
+        (:meth:`record_site_stages` for one row)."""
+        self.record_site_stages(pl.DataFrame(
+            {"plate": [plate], "well": [well], "site": [int(site)], "stage": [stage], "status": [status],
+             "error": [error], "n_cells": [n_cells], "run_id": [run_id], "seconds": [seconds]},
+            schema_overrides={"n_cells": pl.Int32, "site": pl.Int32, "error": pl.String, "run_id": pl.String,
+                              "seconds": pl.Float64}))
 
     def sites_with_stage(self, stage: str, *, status: str = "ok", plate: str | None = None) -> set[tuple]:
         """``{(plate, well, site)}`` whose ``stage`` finished with ``status``."""
@@ -533,7 +572,7 @@ class ScreenStore:
                              model: str | None = None, model_sha256: Mapping[str, str] | None = None,
                              parameters: Mapping[str, Any] | None = None) -> None:
         """Describe a feature set (``kind``: ``subcell`` or ``classical``) and its column names."""
-        _safe_name(feature_set)
+        safe_name(feature_set)
         self.replace_rows("feature_sets", pl.DataFrame({
             "feature_set": [feature_set], "kind": [kind], "n_features": [len(feature_names)],
             "feature_names": [json.dumps(list(feature_names))], "model": [model],
@@ -553,8 +592,12 @@ class ScreenStore:
 
     def cells_dir(self, feature_set: str, plate: str | None = None) -> Path:
         """Folder of a feature set's Parquet files (of one plate if given)."""
-        base = self.path / "cells" / _safe_name(feature_set)
-        return base / f"plate={_safe_name(plate)}" if plate is not None else base
+        base = self.path / "cells" / safe_name(feature_set)
+        return base / f"plate={safe_name(plate)}" if plate is not None else base
+
+    def cell_feature_file(self, feature_set: str, plate: str, well: str, site: int) -> Path:
+        """The Parquet file of one site's per-cell rows of a feature set (it may not exist)."""
+        return self.cells_dir(feature_set, plate) / f"{safe_name(well)}_s{int(site)}.parquet"
 
     def write_cell_features(self, feature_set: str, df: pl.DataFrame, *, plate: str, well: str,
                             site: int) -> Path:
@@ -564,8 +607,7 @@ class ScreenStore:
         a fixed-width ``features`` array plus optional ``probabilities``. An empty frame is written too, so
         that "this site has no cells" is recorded.
         """
-        final = self.cells_dir(feature_set, plate) / f"{_safe_name(well)}_s{int(site)}.parquet"
-        return write_parquet_atomic(df, final)
+        return write_parquet_atomic(df, self.cell_feature_file(feature_set, plate, well, site))
 
     def cell_feature_files(self, feature_set: str, *, plate: str | None = None) -> list[Path]:
         """Complete Parquet files of a feature set (temp files excluded)."""
@@ -658,6 +700,18 @@ class ScreenStore:
                              "SELECT p.feature_set, p.n_cells, w.*, p.features FROM profiles p JOIN wells w "
                              f"USING (plate, well) WHERE p.profile_set = '{profile_set.replace(chr(39), '')}'")
 
+    def attach_cell_counts(self, wide: pl.DataFrame) -> pl.DataFrame:
+        """``wide`` (``Metadata_Plate``, ``Metadata_Well``, ...) with ``Metadata_Count_Cells`` from the ``cells``
+        table (0 for a well without cells), metadata columns first."""
+        counts = self.sql("SELECT plate AS Metadata_Plate, well AS Metadata_Well, count(*)::BIGINT AS "
+                          "Metadata_Count_Cells FROM cells GROUP BY ALL")
+        if "Metadata_Count_Cells" in wide.columns:
+            wide = wide.drop("Metadata_Count_Cells")
+        out = wide.join(counts, on=["Metadata_Plate", "Metadata_Well"], how="left").with_columns(
+            pl.col("Metadata_Count_Cells").fill_null(0))
+        meta = [c for c in out.columns if c.startswith("Metadata_")]
+        return out.select(meta + [c for c in out.columns if c not in meta])
+
     def read_profiles(self, *, profile_set: str | None = None) -> pl.DataFrame:
         """A profile set in pycytominer's wide layout (``Metadata_*`` columns, then the named features).
 
@@ -705,6 +759,62 @@ class ScreenStore:
             {"plate": "Metadata_Plate", "well": "Metadata_Well", "n_cells": "Metadata_Count_Cells"})
         return pl.concat([meta, feats], how="horizontal")
 
+    # -- scores -------------------------------------------------------------------------------------------
+
+    #: ScoreTables attribute -> table
+    _SCORE_TABLES = {"coverage": "scoring_coverage", "scores": "perturbation_scores",
+                     "dose_response": "dose_response", "dose_points": "dose_points",
+                     "relocalization": "relocalization_results", "class_shifts": "relocalization_class_shifts"}
+
+    def write_scores(self, tables: Any) -> None:
+        """Replace every score table with the score stage's output (one transaction; a table the stage did
+        not compute ends empty, so no stale scores remain).
+
+        ``tables`` is a :class:`~subcell_screen.score.ScoreTables`; columns beyond a table's declaration
+        (diagnostics of a fit) are not stored.
+        """
+        with self._transaction():
+            for attr, name in self._SCORE_TABLES.items():
+                self.con.execute(f'DELETE FROM "{name}"')
+                df = getattr(tables, attr)
+                if df is not None:
+                    decl = table(name)
+                    self._insert(name, self._typed(name, df.select([c for c in decl.names if c in df.columns])))
+
+    def well_readouts(self) -> pl.DataFrame:
+        """Per-well median of the per-cell protein readouts (``Metadata_Plate``, ``Metadata_Well``,
+        ``protein_nuc_cyto_ratio``; finite values only)."""
+        return self.sql("SELECT plate AS Metadata_Plate, well AS Metadata_Well, median(protein_nuc_cyto_ratio) AS "
+                        "protein_nuc_cyto_ratio FROM cell_readouts WHERE isfinite(protein_nuc_cyto_ratio) "
+                        "GROUP BY ALL")
+
+    def well_mean_probabilities(self, feature_set: str) -> pl.DataFrame | None:
+        """Per-well mean of the per-cell class probabilities of a SubCell feature set (None without them).
+
+        Returns
+        -------
+        polars.DataFrame or None
+            ``Metadata_Plate``, ``Metadata_Well``, ``probabilities`` (list of float64, one per class).
+        """
+        files = self.cell_feature_files(feature_set)
+        if not files:
+            return None
+        lf = self.scan_cell_features(feature_set)
+        if "probabilities" not in lf.collect_schema().names():
+            return None
+        df = lf.select("plate", "well", "probabilities").collect()
+        if df.height == 0:
+            return None
+        p = np.asarray(df["probabilities"].to_list(), dtype=np.float64)
+        codes = df.select(pl.struct("plate", "well").rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
+        n = int(codes.max()) + 1
+        sums = np.zeros((n, p.shape[1]))
+        np.add.at(sums, codes, p)
+        counts = np.bincount(codes, minlength=n)[:, None]
+        keys = df.select("plate", "well").with_columns(pl.Series("_c", codes)).unique("_c").sort("_c")
+        return keys.select(pl.col("plate").alias("Metadata_Plate"), pl.col("well").alias("Metadata_Well")).with_columns(
+            pl.Series("probabilities", list(sums / counts), dtype=pl.List(pl.Float64)))
+
     # -- helpers -------------------------------------------------------------------------------------------
 
     def _require_writable(self) -> None:
@@ -736,7 +846,7 @@ class ScreenStore:
 
 
 def _package_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
