@@ -120,7 +120,7 @@ def plate_heatmap(
     -------
     matplotlib.figure.Figure
     """
-    from ..layouts import PLATE_FORMATS, _row_index_to_letters, well_row_col
+    from ..layouts import PLATE_FORMATS, row_letters, well_row_col
 
     _require(counts, ["well", value], "plate_heatmap")
     df = counts if "plate" in counts.columns else counts.with_columns(pl.lit("").alias("plate"))
@@ -175,7 +175,7 @@ def plate_heatmap(
         step = 1 if n_cols <= 24 else 4
         ax.set_xticks(range(0, n_cols, step), [str(c + 1) for c in range(0, n_cols, step)], fontsize=7)
         ax.set_yticks(range(0, n_rows, step if n_rows > 16 else 1),
-                      [_row_index_to_letters(r) for r in range(0, n_rows, step if n_rows > 16 else 1)],
+                      [row_letters(r) for r in range(0, n_rows, step if n_rows > 16 else 1)],
                       fontsize=7)
         ax.tick_params(length=0)
         ax.set_facecolor("#f2f2f2")

@@ -46,9 +46,9 @@ import polars as pl
 
 from ..layouts import (
     PLATE_FORMATS,
-    _row_index_to_letters,
     builtin_layout_path,
     read_layout,
+    row_letters,
     validate_layout,
     well_row_col,
     write_layout,
@@ -178,7 +178,7 @@ _HPA_COMPOUNDS = {
 
 def _plate_wells(plate_format: int) -> list[str]:
     n_rows, n_cols = PLATE_FORMATS[plate_format]
-    return [_row_index_to_letters(r) + f"{c + 1:02d}" for r in range(n_rows) for c in range(n_cols)]
+    return [row_letters(r) + f"{c + 1:02d}" for r in range(n_rows) for c in range(n_cols)]
 
 
 def hpa_layout(
