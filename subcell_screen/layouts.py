@@ -602,12 +602,19 @@ def layout_summary(layout: pl.DataFrame) -> dict[str, int]:
 
 
 def builtin_layouts_dir() -> Path:
-    """Folder of the layouts shipped with the project (the repository's ``plate_layouts/``)."""
+    """Folder of the layouts shipped with the project.
+
+    An installed package has them in ``subcell_screen/plate_layouts/`` (the build maps the repository's
+    top-level ``plate_layouts/`` there, see ``setup.py``); a source checkout or an editable install reads the
+    repository's ``plate_layouts/`` next to the package.
+    """
     here = Path(__file__).resolve().parent
-    for candidate in (here / "plate_layouts", here.parent / "plate_layouts"):
+    candidates = (here / "plate_layouts", here.parent / "plate_layouts")
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError("the shipped plate_layouts/ folder is not installed next to subcell_screen")
+    raise FileNotFoundError(f"the shipped plate layouts are missing: none of {[str(c) for c in candidates]} "
+                            "exists (reinstall subcell_screen)")
 
 
 def list_builtin_layouts() -> list[str]:
