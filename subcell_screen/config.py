@@ -24,6 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._errors import ConfigError
 from .channels import ChannelMap, custom_channel_map, preset
+from .embed.registry import Preprocessing
+
+#: The model cards' preprocessing defaults (every public SubCell card has these).
+_CARD_PREPROCESSING = Preprocessing()
 
 __all__ = [
     "RunConfig",
@@ -145,9 +149,9 @@ class EmbeddingSection(_Section):
         "fp32: faithful; bf16: autocast with an fp32 residual stream; bf16-pure: bf16 weights and residual "
         "stream (fastest; cosine to fp32 >= 0.9999 on an H100)."))
     normalize: Literal["joint", "per_channel"] = "per_channel"
-    crop_size: int = Field(default=640, gt=0, multiple_of=16)
-    target_pixel_size_um: float = Field(default=0.0800885, gt=0)
-    mask: bool = False
+    crop_size: int = Field(default=_CARD_PREPROCESSING.crop_size, gt=0, multiple_of=16)
+    target_pixel_size_um: float = Field(default=_CARD_PREPROCESSING.pixel_size_um, gt=0)
+    mask: bool = _CARD_PREPROCESSING.mask
     batch_size: int = Field(default=128, gt=0)
     num_workers: int = Field(default=2, ge=0)
     compile: bool = False

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..channels import HPA_COLORS
 from ..layouts import normalize_well, row_letters, well_row_col
 from ._errors import ReaderError
 from ._load import check_sites, iter_sites, load_site, probe_site
@@ -61,9 +62,9 @@ __all__ = ["read_plate", "load_site", "list_readers", "iter_sites", "check_sites
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
-#: HPA file colour -> channel name (the ``hpa`` channel-map preset's names), in acquisition order.
-HPA_COLOR_CHANNELS: dict[str, str] = {"red": "microtubules", "yellow": "er", "blue": "nucleus",
-                                      "green": "protein"}
+#: HPA file colour -> channel name (the ``hpa`` channel-map preset's names), in acquisition order: the inverse
+#: of :data:`subcell_screen.channels.HPA_COLORS`.
+HPA_COLOR_CHANNELS: dict[str, str] = {color: channel for channel, color in HPA_COLORS.items()}
 
 _PHENIX = re.compile(r"^r(?P<row>\d{1,3})c(?P<col>\d{1,3})f(?P<field>\d{1,4})p(?P<plane>\d{1,4})"
                      r"-ch(?P<ch>\d{1,3})sk(?P<sk>\d+)fk(?P<fk>\d+)fl(?P<fl>\d+)\.tiff?$", re.IGNORECASE)

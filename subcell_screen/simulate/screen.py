@@ -44,6 +44,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from ..channels import HPA_COLORS  # file colour of each HPA-style channel (re-exported)
 from ..layouts import (
     PLATE_FORMATS,
     builtin_layout_path,
@@ -76,8 +77,6 @@ __all__ = [
     "open_simulated_screen",
 ]
 
-#: HPA file colour of each HPA-style channel.
-HPA_COLORS: dict[str, str] = {"microtubules": "red", "er": "yellow", "nucleus": "blue", "protein": "green"}
 #: Opera Phenix channel number of each Cell Painting channel in the simulated export.
 PHENIX_CHANNEL_NUMBERS: dict[str, int] = {"DNA": 1, "ER": 2, "RNA": 3, "AGP": 4, "Mito": 5}
 
