@@ -148,7 +148,9 @@ class EmbeddingSection(_Section):
     precision: Literal["fp32", "bf16", "bf16-pure"] = Field(default="bf16", description=(
         "fp32: faithful; bf16: autocast with an fp32 residual stream; bf16-pure: bf16 weights and residual "
         "stream (fastest; cosine to fp32 >= 0.9999 on an H100)."))
-    normalize: Literal["joint", "per_channel"] = "per_channel"
+    normalize: Literal["joint", "per_channel"] | None = Field(default=None, description=(
+        "Crop min-max normalisation; unset: the model card's (joint, as SubCell was trained). per_channel is "
+        "the SubCellPortable 2025 / JUMP recipe. Resolve with subcell_screen.embed.resolve_preprocessing."))
     crop_size: int = Field(default=_CARD_PREPROCESSING.crop_size, gt=0, multiple_of=16)
     target_pixel_size_um: float = Field(default=_CARD_PREPROCESSING.pixel_size_um, gt=0)
     mask: bool = _CARD_PREPROCESSING.mask
