@@ -1,5 +1,6 @@
-"""Packages: every ``subcell_screen*`` package, plus the repository's top-level ``plate_layouts/`` folder shipped
-inside the package as ``subcell_screen.plate_layouts`` (the folder stays where the repository needs it)."""
+"""Packages: every ``subcell_screen*`` package, plus the repository's top-level ``plate_layouts/`` folder
+shipped inside the package as ``subcell_screen.plate_layouts`` (the folder stays where the repository needs it;
+package data globs are in pyproject.toml)."""
 
 from setuptools import find_packages, setup
 

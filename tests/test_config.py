@@ -95,9 +95,11 @@ def test_preprocessing_defaults_are_the_model_cards(tmp_path):
     got = resolve_preprocessing(emb.model, normalize=emb.normalize, crop_size=emb.crop_size,
                                 pixel_size_um=emb.target_pixel_size_um, mask=emb.mask)
     assert got == card.preprocessing
-    assert (got.normalize, got.crop_size, got.pixel_size_um, got.mask) == ("joint", 640, HPA_PIXEL_SIZE_UM, False)
+    assert (got.normalize, got.crop_size, got.pixel_size_um, got.mask) == (
+        "joint", 640, HPA_PIXEL_SIZE_UM, False)
     # a setting that is given wins, for any card
-    explicit = load_config(_cfg(tmp_path, MINIMAL + '[embedding]\nmodel = "ybg/vit"\nnormalize = "per_channel"\n'))
+    text = MINIMAL + '[embedding]\nmodel = "ybg/vit"\nnormalize = "per_channel"\n'
+    explicit = load_config(_cfg(tmp_path, text))
     assert resolve_preprocessing(explicit.embedding.model, normalize=explicit.embedding.normalize).normalize == (
         "per_channel")
     assert resolve_preprocessing("bg/mae", mask=True).mask is True

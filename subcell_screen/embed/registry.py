@@ -40,7 +40,7 @@ __all__ = [
 
 #: HTTPS form of ``s3://czi-subcell-public/models/`` (anonymous read).
 BASE_URL = "https://czi-subcell-public.s3.amazonaws.com/models/"
-#: HPA pixel size, SubCell's native scale (µm/px): the one definition (crops, config and the model cards use it).
+#: HPA pixel size, SubCell's native scale (µm/px): the one definition (crops, config, model cards use it).
 HPA_PIXEL_SIZE_UM = 0.0800885
 
 _PREFIX = {"rybg": "all_channels", "rbg": "MT-DNA-Protein", "ybg": "ER-DNA-Protein", "bg": "DNA-Protein"}

@@ -35,7 +35,8 @@ __all__ = ["Query", "NotComputed", "load_query", "list_queries", "run_query", "t
 logger = logging.getLogger(__name__)
 
 _PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-_MACRO_RE = re.compile(r"\bCREATE\s+OR\s+REPLACE\s+TEMP(?:ORARY)?\s+MACRO\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_MACRO_RE = re.compile(r"\bCREATE\s+OR\s+REPLACE\s+TEMP(?:ORARY)?\s+MACRO\s+([A-Za-z_][A-Za-z0-9_]*)",
+                       re.IGNORECASE)
 #: The file of shared macros in ``queries/`` (not a query itself).
 _MACROS_FILE = "_macros.sql"
 

@@ -573,8 +573,8 @@ def dose_response_curves(
             lo_c = min(c.min(), fit["ec50"]) / 3 if c.size else fit["ec50"] / 100
             hi_c = max(c.max(), fit["ec50"]) * 3 if c.size else fit["ec50"] * 100
             xs = np.logspace(np.log10(lo_c), np.log10(hi_c), 200)
-            ys = logistic4(np.log10(xs), bottom=fit["bottom"], top=fit["top"], log10_ec50=np.log10(fit["ec50"]),
-                           hill=fit["hill"])
+            ys = logistic4(np.log10(xs), bottom=fit["bottom"], top=fit["top"],
+                           log10_ec50=np.log10(fit["ec50"]), hill=fit["hill"])
             ax.plot(xs, ys, color="#d62728", linewidth=1.5)
             ax.axvline(fit["ec50"], color="#d62728", linestyle=":", linewidth=1)
             text = f"EC50 = {fit['ec50']:.4g}" + (f" {unit}" if unit else "")

@@ -414,7 +414,8 @@ def run_engine(
     if progress is not False:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_q, desc="average precision", unit="row", disable=None if progress is None else not progress)
+        bar = tqdm(total=n_q, desc="average precision", unit="row",
+                   disable=None if progress is None else not progress)
     logger.info("AP: %d rows, %d signatures, %d query units, first block %d, backend %s", n, u, n_q, block, kind)
     s = 0
     while s < n_q:

@@ -561,7 +561,8 @@ def mean_average_precision(
     if progress_bar is not False:
         from tqdm.auto import tqdm
 
-        it = tqdm(order, desc="mAP p-values", unit="group", disable=None if progress_bar is None else not progress_bar)
+        it = tqdm(order, desc="mAP p-values", unit="group",
+                  disable=None if progress_bar is None else not progress_bar)
     for g in it:
         idx = members[g]
         stack = np.stack([cache.get(int(c)) for c in rev[idx]])
