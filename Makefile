@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONSTRAINTS ?= constraints.txt
 EXTRAS ?= dev,ray
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile constraints.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py Makefile constraints.txt | cksum | cut -d' ' -f1)
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo_out
@@ -23,7 +23,7 @@ DEMO_OUT ?= demo_out
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile constraints.txt
+$(STAMP): pyproject.toml setup.py Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_C) $(TORCH_SPEC)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_C) -e ".[$(EXTRAS)]"

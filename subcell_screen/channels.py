@@ -56,9 +56,11 @@ COLORS: Mapping[str, tuple[float, float, float]] = {
 #: green, SYTO 14 yellow, phalloidin + WGA red, MitoTracker magenta).
 CELLPAINTING_COLORS: Mapping[str, str] = {"DNA": "blue", "ER": "green", "RNA": "yellow", "AGP": "red",
                                           "Mito": "magenta"}
-#: HPA display convention: the colour each channel has in the Human Protein Atlas (and SubCell's letters).
+#: HPA colour of each channel of the ``hpa`` preset, in SubCell letter order (r, y, b, g): the colour of its
+#: image file in the Human Protein Atlas, its display colour, and the meaning of SubCell's letters. The one
+#: definition: readers (file colour -> channel), the simulator and the preset's aliases derive from it.
 HPA_COLORS: Mapping[str, str] = {"microtubules": "red", "er": "yellow", "nucleus": "blue", "protein": "green"}
-_LETTER_COLORS = {"r": "red", "y": "yellow", "b": "blue", "g": "green"}
+_LETTER_COLORS = dict(zip("rybg", HPA_COLORS.values()))
 
 
 def parse_color(value: str) -> tuple[float, float, float]:
@@ -282,7 +284,7 @@ class ChannelMap:
                        cytoplasm_channel=cytoplasm or self.cytoplasm_channel)
 
 
-_HPA_CHANNELS = ("microtubules", "er", "nucleus", "protein")
+_HPA_CHANNELS = tuple(HPA_COLORS)  # r, y, b, g
 _HPA_LETTER_CHANNEL = dict(zip("rybg", _HPA_CHANNELS))
 _CP_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 
@@ -299,7 +301,7 @@ def _hpa(model_channels: str) -> ChannelMap:
         nucleus_channel="nucleus",
         cytoplasm_channel=cytoplasm,
         protein_channel="protein",
-        aliases={"microtubules": "red", "er": "yellow", "nucleus": "blue", "protein": "green"},
+        aliases=dict(HPA_COLORS),  # HPA files are named by colour
     )
 
 

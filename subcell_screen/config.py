@@ -24,6 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._errors import ConfigError
 from .channels import ChannelMap, custom_channel_map, preset
+from .embed.registry import Preprocessing
+
+#: The model cards' preprocessing defaults (every public SubCell card has these).
+_CARD_PREPROCESSING = Preprocessing()
 
 __all__ = [
     "RunConfig",
@@ -144,10 +148,12 @@ class EmbeddingSection(_Section):
     precision: Literal["fp32", "bf16", "bf16-pure"] = Field(default="bf16", description=(
         "fp32: faithful; bf16: autocast with an fp32 residual stream; bf16-pure: bf16 weights and residual "
         "stream (fastest; cosine to fp32 >= 0.9999 on an H100)."))
-    normalize: Literal["joint", "per_channel"] = "per_channel"
-    crop_size: int = Field(default=640, gt=0, multiple_of=16)
-    target_pixel_size_um: float = Field(default=0.0800885, gt=0)
-    mask: bool = False
+    normalize: Literal["joint", "per_channel"] | None = Field(default=None, description=(
+        "Crop min-max normalisation; unset: the model card's (joint, as SubCell was trained). per_channel is "
+        "the SubCellPortable 2025 / JUMP recipe. Resolve with subcell_screen.embed.resolve_preprocessing."))
+    crop_size: int = Field(default=_CARD_PREPROCESSING.crop_size, gt=0, multiple_of=16)
+    target_pixel_size_um: float = Field(default=_CARD_PREPROCESSING.pixel_size_um, gt=0)
+    mask: bool = _CARD_PREPROCESSING.mask
     batch_size: int = Field(default=128, gt=0)
     num_workers: int = Field(default=2, ge=0)
     compile: bool = False

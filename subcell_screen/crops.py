@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from .embed.registry import HPA_PIXEL_SIZE_UM
+
 if TYPE_CHECKING:  # pragma: no cover
     from .io import SiteImage
     from .segment import Segmentation
@@ -43,9 +45,6 @@ __all__ = ["CropBatch", "HPA_PIXEL_SIZE_UM", "CROP_SIZES", "iter_crops", "crop_s
 
 #: Supported (crop_size, out_size) conventions: 640 (SubCell on HPA), 448, and 896 resized to 448 (training).
 CROP_SIZES = ((640, 640), (448, 448), (896, 448))
-
-#: Pixel size of HPA images, SubCell's native scale (µm/px).
-HPA_PIXEL_SIZE_UM = 0.0800885
 
 
 @dataclass(frozen=True)

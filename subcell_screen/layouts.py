@@ -35,6 +35,8 @@ __all__ = [
     "ScreenDesign",
     "normalize_well",
     "well_row_col",
+    "row_letters",
+    "row_index",
     "read_layout",
     "read_jump_platemap",
     "validate_layout",
@@ -92,18 +94,44 @@ _WELL_RE = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,3})\s*$")
 _STRING_COLUMNS = tuple(c for c in STANDARD_COLUMNS if c != "concentration")
 
 
-def _row_letters_to_index(letters: str) -> int:
-    """``A`` -> 0, ``P`` -> 15, ``AA`` -> 26, ``AF`` -> 31 (1536-well rows)."""
-    letters = letters.upper()
-    if len(letters) == 1:
-        return ord(letters) - ord("A")
-    return 26 * (ord(letters[0]) - ord("A") + 1) + ord(letters[1]) - ord("A")
+def row_letters(index: int) -> str:
+    """Row letters of a zero-based row index: ``0`` -> ``"A"``, ``15`` -> ``"P"``, ``26`` -> ``"AA"``.
+
+    Rows past ``Z`` continue ``AA``, ``AB``, ... (1536-well plates end at ``AF``); the inverse of
+    :func:`row_index`.
+
+    Raises
+    ------
+    ValueError
+        If ``index`` is negative (an instrument's 1-based row 0).
+    """
+    index = int(index)
+    if index < 0:
+        raise ValueError(f"row index must be >= 0 (row A is 0), got {index}")
+    letters = ""
+    n = index + 1
+    while n > 0:
+        n, rem = divmod(n - 1, 26)
+        letters = chr(ord("A") + rem) + letters
+    return letters
 
 
-def _row_index_to_letters(index: int) -> str:
-    if index < 26:
-        return chr(ord("A") + index)
-    return chr(ord("A") + index // 26 - 1) + chr(ord("A") + index % 26)
+def row_index(letters: str) -> int:
+    """Zero-based row index of row letters: ``"A"`` -> 0, ``"p"`` -> 15, ``"AF"`` -> 31; inverse of
+    :func:`row_letters`.
+
+    Raises
+    ------
+    ValueError
+        If ``letters`` is not one or more letters A-Z.
+    """
+    text = str(letters).strip().upper()
+    if not re.fullmatch(r"[A-Z]+", text):
+        raise ValueError(f"not a plate row: {letters!r} (expected letters, e.g. 'A' or 'AF')")
+    n = 0
+    for ch in text:
+        n = 26 * n + ord(ch) - ord("A") + 1
+    return n - 1
 
 
 def well_row_col(well: str) -> tuple[int, int]:
@@ -117,7 +145,7 @@ def well_row_col(well: str) -> tuple[int, int]:
     match = _WELL_RE.match(str(well))
     if match is None or int(match.group(2)) < 1:
         raise ValueError(f"not a well id: {well!r} (expected a row letter and a column number, e.g. 'A01')")
-    return _row_letters_to_index(match.group(1)), int(match.group(2)) - 1
+    return row_index(match.group(1)), int(match.group(2)) - 1
 
 
 def normalize_well(well: str, *, plate_format: int | None = None) -> str:
@@ -146,9 +174,9 @@ def normalize_well(well: str, *, plate_format: int | None = None) -> str:
             raise ValueError(f"unknown plate format {plate_format}; expected one of {sorted(PLATE_FORMATS)}")
         n_rows, n_cols = PLATE_FORMATS[plate_format]
         if row >= n_rows or col >= n_cols:
-            last = _row_index_to_letters(n_rows - 1) + f"{n_cols:02d}"
+            last = row_letters(n_rows - 1) + f"{n_cols:02d}"
             raise ValueError(f"well {well!r} is outside a {plate_format}-well plate (A01..{last})")
-    return _row_index_to_letters(row) + f"{col + 1:02d}"
+    return row_letters(row) + f"{col + 1:02d}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -574,12 +602,19 @@ def layout_summary(layout: pl.DataFrame) -> dict[str, int]:
 
 
 def builtin_layouts_dir() -> Path:
-    """Folder of the layouts shipped with the project (the repository's ``plate_layouts/``)."""
+    """Folder of the layouts shipped with the project.
+
+    An installed package has them in ``subcell_screen/plate_layouts/`` (the build maps the repository's
+    top-level ``plate_layouts/`` there, see ``setup.py``); a source checkout or an editable install reads the
+    repository's ``plate_layouts/`` next to the package.
+    """
     here = Path(__file__).resolve().parent
-    for candidate in (here / "plate_layouts", here.parent / "plate_layouts"):
+    candidates = (here / "plate_layouts", here.parent / "plate_layouts")
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError("the shipped plate_layouts/ folder is not installed next to subcell_screen")
+    raise FileNotFoundError(f"the shipped plate layouts are missing: none of {[str(c) for c in candidates]} "
+                            "exists (reinstall subcell_screen)")
 
 
 def list_builtin_layouts() -> list[str]:

@@ -81,3 +81,30 @@ def test_example_configs_validate():
     assert examples, "examples/ must hold at least one run config"
     for path in examples:
         load_config(path)
+
+
+def test_preprocessing_defaults_are_the_model_cards(tmp_path):
+    """[embedding] without normalize (or crop size, pixel size, mask) gives the model card's preprocessing:
+    joint min-max, as SubCell was trained; the config used to say per_channel while the card said joint."""
+    from subcell_screen.embed import get_model_card, resolve_preprocessing
+    from subcell_screen.embed.registry import HPA_PIXEL_SIZE_UM
+
+    emb = load_config(_cfg(tmp_path, MINIMAL)).embedding
+    assert emb.normalize is None
+    card = get_model_card(emb.model)
+    got = resolve_preprocessing(emb.model, normalize=emb.normalize, crop_size=emb.crop_size,
+                                pixel_size_um=emb.target_pixel_size_um, mask=emb.mask)
+    assert got == card.preprocessing
+    assert (got.normalize, got.crop_size, got.pixel_size_um, got.mask) == (
+        "joint", 640, HPA_PIXEL_SIZE_UM, False)
+    # a setting that is given wins, for any card
+    text = MINIMAL + '[embedding]\nmodel = "ybg/vit"\nnormalize = "per_channel"\n'
+    explicit = load_config(_cfg(tmp_path, text))
+    assert resolve_preprocessing(explicit.embedding.model, normalize=explicit.embedding.normalize).normalize == (
+        "per_channel")
+    assert resolve_preprocessing("bg/mae", mask=True).mask is True
+    with pytest.raises(ValueError, match="unknown normalization 'minmax'"):
+        resolve_preprocessing(card, normalize="minmax")
+    # the shipped examples: Cell Painting keeps the JUMP recipe on purpose, HPA takes the card's
+    assert load_config(REPO / "examples" / "cellpainting_jump_target1.toml").embedding.normalize == "per_channel"
+    assert load_config(REPO / "examples" / "hpa_vorinostat.toml").embedding.normalize is None

@@ -467,3 +467,19 @@ def test_loaddata_generated_row_col_relative_paths_and_failures(tmp_path):
     assert index.records[2].channels["DNA"] == "s3://bucket/plate/c.tif"
     with pytest.raises(SiteLoadError, match="remote URIs are not read by load_site"):
         load_site(index.records[2])
+
+
+def test_ome_plate_well_rows_are_zero_based(tmp_path):
+    """OME-XML Well Row/Column are 0-based: Row 27, Column 4 is well AB05 (1536-well rows past Z)."""
+    from subcell_screen.io._metadata import read_ome_info
+
+    xml = ('<?xml version="1.0" encoding="UTF-8"?>'
+           '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Plate ID="Plate:0" Name="P1536"><Well ID="Well:0" Row="27" Column="4">'
+           '<WellSample ID="WellSample:0" Index="2"><ImageRef ID="Image:0"/></WellSample></Well></Plate>'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="8" SizeY="8" '
+           'SizeC="1" SizeZ="1" SizeT="1"><Channel ID="Channel:0" Name="DNA"/><TiffData/></Pixels></Image></OME>')
+    path = tmp_path / "x.ome.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16), description=xml, metadata=None)
+    info = read_ome_info(path)
+    assert (info.plate, info.well, info.site, info.channel_names) == ("P1536", "AB05", 3, ("DNA",))

@@ -16,6 +16,8 @@ from subcell_screen.layouts import (
     normalize_well,
     read_layout,
     read_plates_table,
+    row_index,
+    row_letters,
     to_metadata,
     write_layout,
 )
@@ -90,6 +92,20 @@ def test_normalize_well(raw, fmt, expected):
 def test_normalize_well_rejects(raw, fmt):
     with pytest.raises(ValueError):
         normalize_well(raw, plate_format=fmt)
+
+
+
+def test_row_letters_and_row_index_are_inverse():
+    assert [row_letters(i) for i in (0, 7, 15, 25, 26, 31, 51, 701, 702)] == [
+        "A", "H", "P", "Z", "AA", "AF", "AZ", "ZZ", "AAA"]
+    assert [row_index(s) for s in ("A", "h", " P ", "Z", "AA", "af", "ZZ", "AAA")] == [0, 7, 15, 25, 26, 31, 701, 702]
+    assert all(row_index(row_letters(i)) == i for i in range(2000))
+    for bad in (-1,):
+        with pytest.raises(ValueError, match="row index"):
+            row_letters(bad)
+    for bad in ("", "A1", "1"):
+        with pytest.raises(ValueError, match="plate row"):
+            row_index(bad)
 
 
 GOOD = """well,perturbation_id,perturbation_name,perturbation_type,control_type,concentration,concentration_unit,target,moa,inchikey

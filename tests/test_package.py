@@ -57,3 +57,48 @@ def test_installed_versions_are_the_locked_ones():
         name, low, high = re.sub(r"[-_.]+", "-", m[1]).lower(), m[2], m[3]
         assert name in locked, f"{name} is not in constraints.txt"
         assert vtuple(low) <= vtuple(locked[name]) < vtuple(high), (req, locked[name])
+
+
+def test_wheel_ships_the_plate_layouts_and_finds_them_installed(tmp_path):
+    """plate_layouts/ (top level of the repository) is inside the wheel as subcell_screen/plate_layouts/, and
+    builtin_layout_path finds it in an installed (not editable) package."""
+    import json
+    import os
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(repo / name, src / name)
+    for folder in ("subcell_screen", "plate_layouts"):
+        shutil.copytree(repo / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONPATH": ""}
+    pip = [sys.executable, "-m", "pip"]
+    res = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
+                          str(src)], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr
+    (wheel,) = (tmp_path / "dist").glob("subcell_screen-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    layouts = sorted(p.relative_to(repo).as_posix() for p in (repo / "plate_layouts").rglob("*") if p.is_file())
+    assert len(layouts) >= 18 and "plate_layouts/jump/JUMP-Target-1_compound_platemap.tsv" in layouts
+    missing = [f for f in layouts if f"subcell_screen/{f}" not in names]
+    assert not missing, f"not in the wheel: {missing}"
+
+    site = tmp_path / "site"
+    res = subprocess.run([*pip, "install", "--no-deps", "--no-compile", "-q", "--target", str(site), str(wheel)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr
+    code = ("import json, subcell_screen, subcell_screen.layouts as L; "
+            "p = L.builtin_layout_path('JUMP-Target-1_compound'); "
+            "print(json.dumps([subcell_screen.__file__, str(p), L.read_layout(p).height, L.list_builtin_layouts()]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**env, "PYTHONPATH": str(site)}, check=False)
+    assert res.returncode == 0, res.stderr
+    init, path, height, ids = json.loads(res.stdout)
+    assert Path(init) == site / "subcell_screen" / "__init__.py"  # the installed copy, not the checkout
+    assert Path(path) == site / "subcell_screen" / "plate_layouts" / "JUMP-Target-1_compound.csv"
+    assert height == 384
+    assert ids == sorted(p.stem for p in (repo / "plate_layouts").glob("*.csv"))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from subcell_screen.report import (
     NotComputed,
@@ -458,6 +459,29 @@ def test_query_files_are_documented_and_parse(screen):
         one = run_query(store, "cells_per_well", plate=screen["plates"][1])
         assert set(one["plate"]) == {screen["plates"][1]} and all_wells.height > one.height
 
+
+
+def test_replicate_sql_is_defined_once_and_each_query_runs_alone(screen):
+    """Pairs, null sample and Pearson r live once, in queries/_macros.sql; every query calling them carries
+    the definitions in Query.sql, so it runs alone on a fresh DuckDB connection with the same numbers."""
+    import duckdb
+
+    qdir = REPO / "subcell_screen" / "report" / "queries"
+    assert [p.name for p in sorted(qdir.glob("*.sql")) if "list_dot_product(" in p.read_text()] == ["_macros.sql"]
+    assert "_macros" not in list_queries()
+    with pytest.raises(KeyError):
+        load_query("_macros")
+    params = {"plate": None, "feature_set": "classical", "n": 50}
+    con = duckdb.connect(str(Path(screen["store"]) / "screen.duckdb"), read_only=True)
+    try:
+        for name in ("replicate_correlation", "percent_replicating", "replicate_null"):
+            q = load_query(name)
+            assert {"replicate_pairs", "replicate_null_pairs"} & set(q.macros), name
+            alone = con.sql(q.sql, params={p: params[p] for p in q.params}).pl()
+            with ScreenStore.open(screen["store"], read_only=True) as store:
+                assert_frame_equal(alone, run_query(store, name, **params), check_exact=True)
+    finally:
+        con.close()
 
 def test_cells_per_well_matches_sql_and_masks(screen):
     plate = screen["plates"][0]

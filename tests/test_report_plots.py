@@ -75,6 +75,36 @@ def test_dose_response_curve_passes_half_way_at_ec50():
     assert ax_a.get_xlabel() == "concentration (µM)" and ax_a.get_xscale() == "log"
 
 
+
+def test_dose_curve_is_the_scorers_logistic4_of_the_fit():
+    """The drawn curve is score.logistic4 (what fit_dose_response fits) at the fitted parameters, also for a
+    steep fit drawn over many decades (the scorer's model clips the exponent: no overflow)."""
+    import warnings
+
+    from subcell_screen.score import fit_dose_response, logistic4
+
+    conc = np.repeat(10.0 ** np.arange(-3, 3.5, 0.5), 2)
+    rng = np.random.default_rng(0)
+    act = logistic4(np.log10(conc), 0.5, 6.0, 0.2, 1.4) + rng.normal(0, 0.2, conc.size)
+    fit = fit_dose_response(conc, act)
+    assert fit.status == "ok"
+    points = pl.DataFrame({"perturbation_id": ["a"] * conc.size + ["s", "s"], "concentration":
+                           [*conc, 1e-35, 1e35], "activity": [*act, 0.0, 1.0]})
+    fits = pl.DataFrame({"perturbation_id": ["a", "s"], "status": ["fit", "fit"], "ec50": [fit.ec50, 1.0],
+                         "hill": [fit.hill, 10.0], "bottom": [fit.bottom, 0.0], "top": [fit.top, 1.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plots.dose_response_curves(points, fits=fits)
+    curves = []
+    for ax in fig.axes[:2]:
+        line = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2][0]
+        curves.append((np.asarray(line.get_xdata()), np.asarray(line.get_ydata())))
+    for (xs, ys), (ec50, hill, bottom, top) in zip(curves, [(fit.ec50, fit.hill, fit.bottom, fit.top),
+                                                             (1.0, 10.0, 0.0, 1.0)]):
+        np.testing.assert_array_equal(ys, logistic4(np.log10(xs), bottom, top, np.log10(ec50), hill))
+    xs, ys = curves[0]  # half-way between bottom and top at the EC50
+    assert np.interp(fit.log10_ec50, np.log10(xs), ys) == pytest.approx((fit.bottom + fit.top) / 2, abs=1e-3)
+
 def test_hit_ranking_highlights_hits_and_labels_top():
     df = pl.DataFrame({"perturbation_id": ["a", "b", "c", "d"], "mean_average_precision": [0.9, 0.8, 0.2, 0.1],
                        "corrected_p_value": [0.001, 0.01, 0.5, 0.9], "is_hit": [True, True, False, False],

@@ -44,6 +44,7 @@ _LAZY: dict[str, str] = {
     "get_model_card": ".registry",
     "list_model_cards": ".registry",
     "model_names": ".registry",
+    "resolve_preprocessing": ".registry",
     # weights
     "ensure_model_files": ".weights",
     "verify_model_files": ".weights",
@@ -121,5 +122,6 @@ if TYPE_CHECKING:  # pragma: no cover
         get_model_card,
         list_model_cards,
         model_names,
+        resolve_preprocessing,
     )
     from .weights import ModelFiles, ensure_model_files, resolve_cache_dir, verify_model_files

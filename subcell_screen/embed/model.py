@@ -732,7 +732,7 @@ def load_model(
     base_url
         Download mirror (default ``$SUBCELL_SCREEN_MODELS_URL``).
     progress
-        Download progress bar.
+        Download progress bar: None (default) when stderr is a terminal, True always, False never.
 
     Returns
     -------

@@ -21,7 +21,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._errors import UnknownModelError
 
@@ -34,12 +34,13 @@ __all__ = [
     "MODEL_CARDS",
     "get_model_card",
     "list_model_cards",
+    "resolve_preprocessing",
     "model_names",
 ]
 
 #: HTTPS form of ``s3://czi-subcell-public/models/`` (anonymous read).
 BASE_URL = "https://czi-subcell-public.s3.amazonaws.com/models/"
-#: HPA pixel size, SubCell's native scale (µm/px); equals :data:`subcell_screen.crops.HPA_PIXEL_SIZE_UM`.
+#: HPA pixel size, SubCell's native scale (µm/px): the one definition (crops, config, model cards use it).
 HPA_PIXEL_SIZE_UM = 0.0800885
 
 _PREFIX = {"rybg": "all_channels", "rbg": "MT-DNA-Protein", "ybg": "ER-DNA-Protein", "bg": "DNA-Protein"}
@@ -130,8 +131,9 @@ class Preprocessing:
     Attributes
     ----------
     normalize : str
-        ``"joint"`` min-max over (C, H, W) per cell (training) or ``"per_channel"`` over (H, W)
-        (SubCellPortable 2025, JUMP); both add ``epsilon`` to the denominator.
+        ``"joint"`` min-max over (C, H, W) per cell, what SubCell was trained with (``MinMaxNormalize`` of the
+        released configs; the default of every public card), or ``"per_channel"`` over (H, W)
+        (SubCellPortable 2025, the JUMP analysis); both add ``epsilon`` to the denominator.
     epsilon : float
         Denominator epsilon (1e-6, as in training).
     pixel_size_um : float
@@ -292,3 +294,51 @@ def get_model_card(name: str | ModelCard) -> ModelCard:
     raise UnknownModelError(
         f"unknown SubCell model {name!r}; known models: {', '.join(MODEL_CARDS)} "
         "(also written '<channels>/mae_contrast_supcon_model' or '<channels>/vit_supcon_model')")
+
+
+def resolve_preprocessing(
+    card: ModelCard | str,
+    *,
+    normalize: str | None = None,
+    crop_size: int | None = None,
+    pixel_size_um: float | None = None,
+    mask: bool | None = None,
+) -> Preprocessing:
+    """The preprocessing a model is fed with: its card's defaults, overridden by the settings that were given.
+
+    The model card is the only source of preprocessing defaults: a setting left at None (e.g. a run config
+    without ``[embedding].normalize``) takes the card's value.
+
+    Parameters
+    ----------
+    card
+        A model card or a model name (see :func:`get_model_card`).
+    normalize
+        ``"joint"``, ``"per_channel"`` or ``"none"``; None: the card's (``"joint"``).
+    crop_size
+        Crop side in pixels at ``pixel_size_um``; None: the card's (640).
+    pixel_size_um
+        Target pixel size in µm/px; None: the card's (:data:`HPA_PIXEL_SIZE_UM`).
+    mask
+        Multiply crops by the cell mask; None: the card's (False).
+
+    Returns
+    -------
+    Preprocessing
+        The card's ``epsilon`` with every other field resolved.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``normalize``, or a non-positive ``crop_size`` / ``pixel_size_um``.
+    """
+    from .preprocess import NORMALIZATIONS
+
+    card = get_model_card(card)
+    given = {"normalize": normalize, "crop_size": crop_size, "pixel_size_um": pixel_size_um, "mask": mask}
+    out = replace(card.preprocessing, **{k: v for k, v in given.items() if v is not None})
+    if out.normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {out.normalize!r}; use one of {NORMALIZATIONS}")
+    if not (out.crop_size > 0 and out.pixel_size_um > 0):
+        raise ValueError(f"crop_size ({out.crop_size}) and pixel_size_um ({out.pixel_size_um}) must be > 0")
+    return out

@@ -266,7 +266,8 @@ def measure_cells(site: Any, nuclei: np.ndarray, cells: np.ndarray, *,
     params : FeatureParams, optional
         All measurement parameters at once.
     progress : bool, optional
-        Show a progress bar over compartments and channels (default: off).
+        Progress bar over compartments and channels: None (default) when stderr is a terminal, True always,
+        False never.
 
     Returns
     -------
@@ -311,7 +312,8 @@ def measure_cells(site: Any, nuclei: np.ndarray, cells: np.ndarray, *,
     steps = [(comp, fam) for comp in COMPARTMENTS for fam in FAMILIES]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(steps), desc="features", disable=not progress, leave=False)
+    bar = tqdm(total=len(steps), desc="features", disable=None if progress is None else not progress,
+               leave=False)
     quantized: dict[str, np.ndarray] = {}
     means: dict[tuple[str, str], np.ndarray] = {}
     for comp in COMPARTMENTS:

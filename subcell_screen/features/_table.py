@@ -135,7 +135,9 @@ class ClassicalFeaturizer:
             site = SiteImage(data=site.data[[idx[c] for c in names]], channel_names=tuple(names),
                              pixel_size_um=site.pixel_size_um, record=site.record)
         scale = self.intensity_scale if intensity_scale is None else intensity_scale
-        wide = measure_cells(site, nuclei, cells, cytoplasm=cytoplasm, intensity_scale=scale, params=self.params)
+        # one site of a stage: the stage shows the bar
+        wide = measure_cells(site, nuclei, cells, cytoplasm=cytoplasm, intensity_scale=scale, params=self.params,
+                             progress=False)
         table, _ = to_feature_table(wide, feature_names=self.feature_names(names))
         return table
 

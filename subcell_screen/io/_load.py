@@ -449,7 +449,7 @@ def iter_sites(records: Iterable[SiteRecord] | SiteIndex, *,
         After the last site, raise :class:`PlateUnreadableError` if some plate had no loadable site (all of
         its failures have been yielded first, so the caller has recorded them).
     progress
-        Show a progress bar (tqdm); default: only when logging at INFO.
+        Progress bar: None (default) when stderr is a terminal, True always, False never.
     max_plane_pixels
         Per-plane pixel limit (default :data:`MAX_PLANE_PIXELS`).
 
@@ -526,12 +526,12 @@ def _dead_plates_message(dead: list[str], failures: Mapping[str, list[str]]) -> 
 
 
 def _progress_bar(total: int, desc: str, progress: bool | None):
-    show = progress if progress is not None else logger.isEnabledFor(logging.INFO) and total > 20
-    if not show:
+    if progress is False:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="site")
+    bar = tqdm(total=total, desc=desc, unit="site", disable=None if progress is None else not progress)
+    return None if bar.disable else bar
 
 
 # ----------------------------------------------------------------------------------------------------------

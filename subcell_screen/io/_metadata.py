@@ -260,24 +260,14 @@ def read_ome_info(path: Path) -> OmeInfo:
             for ws in (e for e in w if _local(e.tag) == "WellSample"):
                 ref = next((e for e in ws if _local(e.tag) == "ImageRef"), None)
                 if ref is not None and ref.get("ID") == image_id:
-                    from ..layouts import normalize_well
+                    from ..layouts import normalize_well, row_letters
 
                     row, col = int(w.get("Row", "0")), int(w.get("Column", "0"))
                     plate = pl_elem.get("Name") or pl_elem.get("ID")
-                    well = normalize_well(f"{_row_letters(row + 1)}{col + 1}")
+                    well = normalize_well(f"{row_letters(row)}{col + 1}")  # OME Row/Column are 0-based
                     site = int(ws.get("Index", "0")) + 1
     return OmeInfo(channel_names=tuple(names[:size_c]), size_c=size_c, pixel_size_um=pixel, plate=plate,
                    well=well, site=site)
-
-
-def _row_letters(row: int) -> str:
-    """1-based row number -> ``A``..``Z``, ``AA``..."""
-    letters = ""
-    n = row
-    while n > 0:
-        n, rem = divmod(n - 1, 26)
-        letters = chr(ord("A") + rem) + letters
-    return letters
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..layouts import normalize_well, well_row_col
+from ..channels import HPA_COLORS
+from ..layouts import normalize_well, row_letters, well_row_col
 from ._errors import ReaderError
 from ._load import check_sites, iter_sites, load_site, probe_site
 from ._metadata import (
@@ -61,9 +62,9 @@ __all__ = ["read_plate", "load_site", "list_readers", "iter_sites", "check_sites
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
-#: HPA file colour -> channel name (the ``hpa`` channel-map preset's names), in acquisition order.
-HPA_COLOR_CHANNELS: dict[str, str] = {"red": "microtubules", "yellow": "er", "blue": "nucleus",
-                                      "green": "protein"}
+#: HPA file colour -> channel name (the ``hpa`` channel-map preset's names), in acquisition order: the inverse
+#: of :data:`subcell_screen.channels.HPA_COLORS`.
+HPA_COLOR_CHANNELS: dict[str, str] = {color: channel for channel, color in HPA_COLORS.items()}
 
 _PHENIX = re.compile(r"^r(?P<row>\d{1,3})c(?P<col>\d{1,3})f(?P<field>\d{1,4})p(?P<plane>\d{1,4})"
                      r"-ch(?P<ch>\d{1,3})sk(?P<sk>\d+)fk(?P<fk>\d+)fl(?P<fl>\d+)\.tiff?$", re.IGNORECASE)
@@ -301,7 +302,7 @@ def _scan_phenix(tree: _Tree, *, channel_names, pixel_size_um) -> _Result:
             ch, plane, sk = int(m["ch"]), int(m["plane"]), int(m["sk"])
             name = names[ch] + (f"_p{plane}" if len(planes) > 1 else "") + (f"_t{sk}" if len(times) > 1 else "")
             row, col = int(m["row"]), int(m["col"])
-            well = normalize_well(f"{_row_letters(row)}{col}")
+            well = normalize_well(f"{row_letters(row - 1)}{col}")  # Phenix rows are 1-based
             entries.append(_Entry(plate, well, int(m["field"]), (ch, plane, sk), name, os.path.abspath(p)))
         if pixel_size_um is not None:
             pixel[plate] = PixelSize(float(pixel_size_um), "config")
@@ -326,15 +327,6 @@ def _scan_phenix(tree: _Tree, *, channel_names, pixel_size_um) -> _Result:
     res.n_files = len(entries)
     res.reason = _summary(res.records, res.n_files)
     return res
-
-
-def _row_letters(row: int) -> str:
-    letters = ""
-    n = row
-    while n > 0:
-        n, rem = divmod(n - 1, 26)
-        letters = chr(ord("A") + rem) + letters
-    return letters
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -551,7 +543,7 @@ def _scan_loaddata(tree: _Tree, *, channel_names, pixel_size_um) -> _Result:
                     well = normalize_well(row["Metadata_Well"])
                 else:
                     r, c = row.get("Metadata_Row"), row.get("Metadata_Col")
-                    r_letters = r if r and not r.isdigit() else _row_letters(int(r))
+                    r_letters = r if r and not r.isdigit() else row_letters(int(r) - 1)
                     well = normalize_well(f"{r_letters}{int(c)}")
             except (ValueError, TypeError) as exc:
                 raise ReaderError(f"{csv}, line {line}: bad well ({exc})") from None

@@ -174,7 +174,7 @@ def compute_illumination(index_or_records: SiteIndex | Iterable[SiteRecord], *, 
     workers
         Loader threads (see :func:`~subcell_screen.io.iter_sites`).
     progress
-        Show a progress bar.
+        Progress bar over sites: None (default) when stderr is a terminal, True always, False never.
 
     Returns
     -------

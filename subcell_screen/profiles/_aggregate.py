@@ -600,7 +600,7 @@ def well_profiles_from_store(
     metadata : bool
         Join the layout (``store.wells(metadata=True)``) onto the profiles.
     progress : bool, optional
-        Show a progress bar over plates (default: when logging at INFO).
+        Progress bar over plates: None (default) when stderr is a terminal, True always, False never.
 
     Returns
     -------
@@ -617,10 +617,11 @@ def well_profiles_from_store(
     if plates is None:  # one folder per plate (``plate=<plate>``, the name unchanged)
         base = store.cells_dir(feature_set)
         plates = sorted(p.name[len("plate="):] for p in base.glob("plate=*") if p.is_dir()) if base.exists() else []
-    disable = (not logger.isEnabledFor(logging.INFO)) if progress is None else not progress
+    disable = None if progress is None else not progress  # tqdm: None = only on a terminal
     wells = []
     for plate in tqdm(list(plates), desc="well profiles", unit="plate", disable=disable):
-        arrays = read_site_arrays(store.cell_feature_files(feature_set, plate=plate), column=column)
+        arrays = read_site_arrays(store.cell_feature_files(feature_set, plate=plate), column=column,
+                                  progress=False)  # one bar: the plates
         if arrays.sites.height == 0:
             continue
         sites = site_profiles(arrays, method=cell_to_site, column=column)

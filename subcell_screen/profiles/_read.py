@@ -84,7 +84,8 @@ def read_site_arrays(files: Sequence[str | Path], *, column: str = "features", t
     threads : int, optional
         Threads decoding pages (decompression releases the GIL); default ``frames.THREADS``.
     progress : bool, optional
-        Progress bar over files (default off).
+        Progress bar over the files read with polars (those not in the store's plain layout): None (default)
+        when stderr is a terminal, True always, False never.
 
     Returns
     -------
@@ -110,7 +111,8 @@ def read_site_arrays(files: Sequence[str | Path], *, column: str = "features", t
     _run(parse, len(files), threads)
     slow = [i for i, p in enumerate(parsed) if p is None]
     slow_parts = {}
-    for i in tqdm(slow, desc="site files (polars)", unit="file", disable=not progress or not slow):
+    disable = (None if progress is None else not progress) if slow else True
+    for i in tqdm(slow, desc="site files (polars)", unit="file", disable=disable):
         slow_parts[i] = _read_polars(files[i], column)
     if slow:
         logger.info("read_site_arrays: %d of %d file(s) read with polars (not the store's plain layout)",

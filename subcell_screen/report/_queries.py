@@ -9,6 +9,9 @@ Each file starts with a comment header::
 
 Parameters are DuckDB named parameters (``$plate``) found in the SQL text; :func:`run_query` passes exactly
 those.
+
+SQL shared by several queries lives once, as DuckDB temporary macros, in ``queries/_macros.sql``; a query that
+calls one of them gets that file put before its text, so :attr:`Query.sql` always runs on its own.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ __all__ = ["Query", "NotComputed", "load_query", "list_queries", "run_query", "t
 logger = logging.getLogger(__name__)
 
 _PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_MACRO_RE = re.compile(r"\bCREATE\s+OR\s+REPLACE\s+TEMP(?:ORARY)?\s+MACRO\s+([A-Za-z_][A-Za-z0-9_]*)",
+                       re.IGNORECASE)
+#: The file of shared macros in ``queries/`` (not a query itself).
+_MACROS_FILE = "_macros.sql"
 
 
 class NotComputed(SubcellScreenError):
@@ -79,7 +86,8 @@ class Query:
     name : str
         File stem in ``report/queries/``.
     sql : str
-        Full text of the file (comment header included; DuckDB ignores comments).
+        The SQL that runs: the shared macros (``_macros.sql``) when the query calls one of them, then the full
+        text of the file (comment header included; DuckDB ignores comments).
     description : str
         The header's first line (after ``<name>:``) and following free comment lines.
     requires : tuple of str
@@ -88,6 +96,8 @@ class Query:
         Tables/views that must exist (may be empty).
     params : tuple of str
         Named parameters (``$name``) in the SQL, in order of first use.
+    macros : tuple of str
+        Shared macros of ``_macros.sql`` that the query calls.
     """
 
     name: str
@@ -96,6 +106,7 @@ class Query:
     requires: tuple[str, ...]
     uses: tuple[str, ...]
     params: tuple[str, ...]
+    macros: tuple[str, ...] = ()
 
     def run(self, store: ScreenStore, **params: Any) -> pl.DataFrame:
         """Shorthand for :func:`run_query` ``(store, self.name, **params)``."""
@@ -116,8 +127,19 @@ def _queries_dir() -> Any:
 
 
 def list_queries() -> list[str]:
-    """Names of all report queries (the ``.sql`` files shipped in the package)."""
-    return sorted(p.name[:-4] for p in _queries_dir().iterdir() if p.name.endswith(".sql"))
+    """Names of all report queries (the ``.sql`` files shipped in the package, but ``_macros.sql``)."""
+    return sorted(p.name[:-4] for p in _queries_dir().iterdir()
+                  if p.name.endswith(".sql") and not p.name.startswith("_"))
+
+
+@cache
+def _shared_macros() -> tuple[str, tuple[str, ...]]:
+    """Text of ``_macros.sql`` and the names of the macros it defines."""
+    text = _queries_dir().joinpath(_MACROS_FILE).read_text(encoding="utf-8")
+    names = tuple(_MACRO_RE.findall(_code_only(text)))
+    if "$" in _code_only(text):
+        raise ValueError(f"{_MACROS_FILE}: shared macros take arguments, not $parameters")
+    return text, names
 
 
 def _code_only(sql: str) -> str:
@@ -162,7 +184,7 @@ def load_query(name: str) -> Query:
     KeyError
         If there is no ``queries/<name>.sql``; the message lists the known names.
     """
-    if not re.fullmatch(r"[A-Za-z0-9_]+", name or ""):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]*", name or ""):
         raise KeyError(f"invalid query name {name!r}")
     path = _queries_dir().joinpath(f"{name}.sql")
     if not path.is_file():
@@ -187,9 +209,14 @@ def load_query(name: str) -> Query:
             description.append(value.strip())
         elif description:
             description.append(text)
-    params = tuple(dict.fromkeys(_PARAM_RE.findall(_code_only(sql))))
+    code = _code_only(sql)
+    params = tuple(dict.fromkeys(_PARAM_RE.findall(code)))
+    macro_text, macro_names = _shared_macros()
+    macros = tuple(m for m in macro_names if re.search(rf"\b{m}\s*\(", code, re.IGNORECASE))
+    if macros:
+        sql = f"{macro_text.rstrip()}\n\n{sql}"
     return Query(name=name, sql=sql, description=" ".join(description), requires=requires, uses=uses,
-                 params=params)
+                 params=params, macros=macros)
 
 
 def table_state(store: ScreenStore, name: str) -> str:

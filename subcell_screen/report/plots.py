@@ -120,7 +120,7 @@ def plate_heatmap(
     -------
     matplotlib.figure.Figure
     """
-    from ..layouts import PLATE_FORMATS, _row_index_to_letters, well_row_col
+    from ..layouts import PLATE_FORMATS, row_letters, well_row_col
 
     _require(counts, ["well", value], "plate_heatmap")
     df = counts if "plate" in counts.columns else counts.with_columns(pl.lit("").alias("plate"))
@@ -175,7 +175,7 @@ def plate_heatmap(
         step = 1 if n_cols <= 24 else 4
         ax.set_xticks(range(0, n_cols, step), [str(c + 1) for c in range(0, n_cols, step)], fontsize=7)
         ax.set_yticks(range(0, n_rows, step if n_rows > 16 else 1),
-                      [_row_index_to_letters(r) for r in range(0, n_rows, step if n_rows > 16 else 1)],
+                      [row_letters(r) for r in range(0, n_rows, step if n_rows > 16 else 1)],
                       fontsize=7)
         ax.tick_params(length=0)
         ax.set_facecolor("#f2f2f2")
@@ -524,8 +524,9 @@ def dose_response_curves(
 ) -> Figure:
     """Activity against concentration per perturbation, with the fitted 4-parameter logistic and EC50.
 
-    The curve is ``bottom + (top - bottom) / (1 + 10 ** ((log10(ec50) - log10(c)) * hill))``
-    (:func:`subcell_screen.simulate.four_parameter_logistic`), drawn from the fit's parameters.
+    The curve is the scorer's model, :func:`subcell_screen.score.logistic4`
+    (``bottom + (top - bottom) / (1 + 10 ** ((log10(ec50) - log10(c)) * hill))``), drawn from the fit's
+    parameters.
 
     Parameters
     ----------
@@ -543,7 +544,7 @@ def dose_response_curves(
     -------
     matplotlib.figure.Figure
     """
-    from ..simulate import four_parameter_logistic
+    from ..score import logistic4
 
     _require(points, ["perturbation_id", "concentration", "activity"], "dose_response_curves")
     ids = list(dict.fromkeys(points["perturbation_id"].to_list()))
@@ -572,8 +573,8 @@ def dose_response_curves(
             lo_c = min(c.min(), fit["ec50"]) / 3 if c.size else fit["ec50"] / 100
             hi_c = max(c.max(), fit["ec50"]) * 3 if c.size else fit["ec50"] * 100
             xs = np.logspace(np.log10(lo_c), np.log10(hi_c), 200)
-            ys = four_parameter_logistic(np.log10(xs), bottom=fit["bottom"], top=fit["top"],
-                                         log10_ec50=np.log10(fit["ec50"]), hill=fit["hill"])
+            ys = logistic4(np.log10(xs), bottom=fit["bottom"], top=fit["top"],
+                           log10_ec50=np.log10(fit["ec50"]), hill=fit["hill"])
             ax.plot(xs, ys, color="#d62728", linewidth=1.5)
             ax.axvline(fit["ec50"], color="#d62728", linestyle=":", linewidth=1)
             text = f"EC50 = {fit['ec50']:.4g}" + (f" {unit}" if unit else "")

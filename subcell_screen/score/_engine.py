@@ -324,7 +324,7 @@ def run_engine(
     backend: str = "auto",
     device: Any = None,
     memory_budget: int = 1 << 22,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> EngineResult:
     """Compute AP for every query unit.
 
@@ -340,6 +340,8 @@ def run_engine(
         Membership of each unique label set.
     batch_size : int, optional
         Query units per block; default from ``memory_budget`` (elements per block array).
+    progress : bool, optional
+        Progress bar over query rows: None (default) when stderr is a terminal, True always, False never.
 
     Returns
     -------
@@ -409,10 +411,11 @@ def run_engine(
     block = batch_size or max(16, min(cap, memory_budget // max(n, 1)))
     block = max(1, min(block, max(n_q, 1)))
     bar = None
-    if progress:
+    if progress is not False:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_q, desc="average precision", unit="row")
+        bar = tqdm(total=n_q, desc="average precision", unit="row",
+                   disable=None if progress is None else not progress)
     logger.info("AP: %d rows, %d signatures, %d query units, first block %d, backend %s", n, u, n_q, block, kind)
     s = 0
     while s < n_q:

@@ -328,7 +328,7 @@ def average_precision(
         ``"chebyshev"`` (similarity ``1 / (1 + d)``), any scipy ``cdist`` metric, or a copairs-style callable
         ``f(x_rows, y_rows) -> (n,) similarities``.
     progress_bar : bool, optional
-        Show a tqdm bar over blocks.
+        tqdm bar over blocks: None (default) when stderr is a terminal, True always, False never.
     backend : {"auto", "numpy", "torch"}
         ``"auto"``: torch on CUDA when a GPU is present, numpy otherwise.
     device : str or torch.device, optional
@@ -360,7 +360,7 @@ def average_precision(
     codes, pos, neg, _ = _encode_rules(meta, plain, None)
     # put the positive ``same`` columns first so that blocks hold whole positive groups
     res = run_engine(x, codes, pos, neg, distance=distance, batch_size=batch_size, backend=backend, device=device,
-                     progress=bool(progress_bar))
+                     progress=progress_bar)
     if res.n_pos.sum() == 0:
         raise UnpairedException("Unable to find positive pairs.")
     if res.n_neg.sum() == 0:
@@ -438,7 +438,7 @@ def multilabel_average_precision(
             label_sets[k, lab_ix[lab]] = True
     res = run_engine(x, codes, pos, neg, labelset=labelset, label_sets=label_sets,
                      distance=distance, batch_size=batch_size, backend=backend, device=device,
-                     progress=bool(progress_bar))
+                     progress=progress_bar)
     if len(res.row) == 0:
         raise UnpairedException("Unable to find positive pairs.")
     if res.n_neg.sum() == 0:
@@ -511,8 +511,10 @@ def mean_average_precision(
         Significance level for ``below_p`` / ``below_corrected_p``.
     seed : int or None
         Seed of copairs' null generator.
-    progress_bar, max_workers, cache_dir
-        Accepted for copairs compatibility; ``max_workers`` and ``cache_dir`` are ignored (nothing is cached).
+    progress_bar : bool, optional
+        tqdm bar over groups: None (default) when stderr is a terminal, True always, False never.
+    max_workers, cache_dir
+        Accepted for copairs compatibility and ignored (nothing is cached).
 
     Returns
     -------
@@ -556,10 +558,11 @@ def mean_average_precision(
     pvals = np.empty(n_groups, dtype=np.float64)
     order = sorted(range(n_groups), key=lambda g: (int(rev[members[g][0]]), g))
     it = order
-    if progress_bar:
+    if progress_bar is not False:
         from tqdm.auto import tqdm
 
-        it = tqdm(order, desc="mAP p-values", unit="group")
+        it = tqdm(order, desc="mAP p-values", unit="group",
+                  disable=None if progress_bar is None else not progress_bar)
     for g in it:
         idx = members[g]
         stack = np.stack([cache.get(int(c)) for c in rev[idx]])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from ..layouts import PLATE_FORMATS, _row_index_to_letters
+from ..layouts import PLATE_FORMATS, row_letters
 
 __all__ = ["SimulatedProfiles", "simulate_well_profiles", "four_parameter_logistic"]
 
@@ -59,7 +59,7 @@ class SimulatedProfiles:
 
 def _wells(plate_format: int) -> list[str]:
     n_rows, n_cols = PLATE_FORMATS[plate_format]
-    return [_row_index_to_letters(r) + f"{c + 1:02d}" for r in range(n_rows) for c in range(n_cols)]
+    return [row_letters(r) + f"{c + 1:02d}" for r in range(n_rows) for c in range(n_cols)]
 
 
 def simulate_well_profiles(

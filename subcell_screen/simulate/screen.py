@@ -44,11 +44,12 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from ..channels import HPA_COLORS  # file colour of each HPA-style channel (re-exported)
 from ..layouts import (
     PLATE_FORMATS,
-    _row_index_to_letters,
     builtin_layout_path,
     read_layout,
+    row_letters,
     validate_layout,
     well_row_col,
     write_layout,
@@ -76,8 +77,6 @@ __all__ = [
     "open_simulated_screen",
 ]
 
-#: HPA file colour of each HPA-style channel.
-HPA_COLORS: dict[str, str] = {"microtubules": "red", "er": "yellow", "nucleus": "blue", "protein": "green"}
 #: Opera Phenix channel number of each Cell Painting channel in the simulated export.
 PHENIX_CHANNEL_NUMBERS: dict[str, int] = {"DNA": 1, "ER": 2, "RNA": 3, "AGP": 4, "Mito": 5}
 
@@ -178,7 +177,7 @@ _HPA_COMPOUNDS = {
 
 def _plate_wells(plate_format: int) -> list[str]:
     n_rows, n_cols = PLATE_FORMATS[plate_format]
-    return [_row_index_to_letters(r) + f"{c + 1:02d}" for r in range(n_rows) for c in range(n_cols)]
+    return [row_letters(r) + f"{c + 1:02d}" for r in range(n_rows) for c in range(n_cols)]
 
 
 def hpa_layout(

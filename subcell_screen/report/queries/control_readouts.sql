@@ -5,7 +5,7 @@ SELECT
     plate,
     well,
     control_type,
-    sqrt(list_dot_product(CAST(features AS DOUBLE[]), CAST(features AS DOUBLE[]))) AS profile_distance,
+    profile_distance(features) AS profile_distance,
     n_cells
 FROM well_profiles
 WHERE feature_set = $feature_set

@@ -8,7 +8,7 @@ WITH readout AS (
     SELECT
         plate,
         control_type,
-        sqrt(list_dot_product(CAST(features AS DOUBLE[]), CAST(features AS DOUBLE[]))) AS profile_distance,
+        profile_distance(features) AS profile_distance,
         CAST(n_cells AS DOUBLE) AS n_cells
     FROM well_profiles
     WHERE feature_set = $feature_set
