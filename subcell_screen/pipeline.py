@@ -240,10 +240,10 @@ def run(
                                              progress=progress, run_id=run_id))
                 store.update_run_summary(run_id, summary())
             if "profile" in stages:
-                results.append(_run_profile(store, config, plan))
+                results.append(_run_profile(store, config, plan, progress=progress))
                 store.update_run_summary(run_id, summary())
             if "score" in stages:
-                results.append(_run_score(store, config, plan))
+                results.append(_run_score(store, config, plan, progress=progress))
                 store.update_run_summary(run_id, summary())
             if "report" in stages:
                 # the reports show this run as finished: everything they report on is done
@@ -284,14 +284,14 @@ def _feature_set_in_store(store: ScreenStore, plan: RunPlan) -> str:
                         "run the embed stage first")
 
 
-def _run_profile(store: ScreenStore, config: RunConfig, plan: RunPlan) -> StageResult:
+def _run_profile(store: ScreenStore, config: RunConfig, plan: RunPlan, *, progress: bool | None) -> StageResult:
     from .profiles import build_profile_sets, well_profiles_from_store
 
     t0 = time.perf_counter()
     prof = config.profiles
     fs = _feature_set_in_store(store, plan)
     wide = well_profiles_from_store(store, feature_set=fs, cell_to_site=prof.cell_to_site,
-                                    site_to_well=prof.site_to_well, progress=False)
+                                    site_to_well=prof.site_to_well, progress=progress)
     sets = build_profile_sets(store.attach_cell_counts(wide), section=prof)
     store.clear_profiles()
     for name, frame in sets.sets().items():
@@ -304,7 +304,7 @@ def read_profiles(store: ScreenStore, *, profile_set: str | None = None) -> pl.D
     return store.read_profiles(profile_set=profile_set)
 
 
-def _run_score(store: ScreenStore, config: RunConfig, plan: RunPlan) -> StageResult:
+def _run_score(store: ScreenStore, config: RunConfig, plan: RunPlan, *, progress: bool | None) -> StageResult:
     from .score import ScoreTables, score_profiles
 
     t0 = time.perf_counter()
@@ -322,7 +322,7 @@ def _run_score(store: ScreenStore, config: RunConfig, plan: RunPlan) -> StageRes
     tables = score_profiles(store.read_profiles(), section=sc, relocalization=reloc,
                             ratios=store.well_readouts() if reloc else None,
                             probabilities=store.well_mean_probabilities(plan.feature_set) if reloc and subcell
-                            else None)
+                            else None, progress=progress)
     store.write_scores(tables)
     if tables.scores is None:
         for m in tables.messages:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "subcell_screen"
 
 #: Files still allowed to take private names of other parts (issue 18: the pipeline and the Ray engine are
 #: being rewritten onto public names; empty this list when they are).
-ALLOWED = ("pipeline.py", "distributed/*")
+ALLOWED: tuple[str, ...] = ()
 
 
 def _module_name(path: Path) -> str:

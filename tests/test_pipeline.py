@@ -248,8 +248,6 @@ def test_process_pool_gives_the_same_rows_as_one_process(smoke_screen, tmp_path)
         assert a.height > 0 and a.equals(b)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: pipeline._run_profile must pass progress= to "
-                   "well_profiles_from_store (the lead's pipeline rewrite); remove this marker then")
 def test_no_progress_means_no_bar_in_the_profile_stage(e2e_run, monkeypatch):
     """`--no-progress` showed the profile stage's "well profiles" bar on a terminal."""
     import io

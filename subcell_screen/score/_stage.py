@@ -54,7 +54,8 @@ class ScoreTables:
 
 
 def score_profiles(profiles: pl.DataFrame, *, section: ScoringSection, relocalization: bool = False,
-                   ratios: pl.DataFrame | None = None, probabilities: pl.DataFrame | None = None) -> ScoreTables:
+                   ratios: pl.DataFrame | None = None, probabilities: pl.DataFrame | None = None,
+                   progress: bool | None = None) -> ScoreTables:
     """Run the score stage on normalised well profiles.
 
     Parameters
@@ -71,6 +72,8 @@ def score_profiles(profiles: pl.DataFrame, *, section: ScoringSection, relocaliz
     probabilities
         Per-well mean localization probabilities (``Metadata_Plate``, ``Metadata_Well``, ``probabilities``:
         a list of :data:`~subcell_screen.embed.NUM_CLASSES` floats), from SubCell.
+    progress
+        Progress bars of the mAP computations (None: when stderr is a terminal).
 
     Returns
     -------
@@ -94,7 +97,7 @@ def score_profiles(profiles: pl.DataFrame, *, section: ScoringSection, relocaliz
                     "negative-control wells")
     meta, x = design.meta, design.x
     hits = hit_table(meta, x, q_threshold=sc.threshold, min_effect_size=sc.min_effect_size,
-                     null_size=sc.null_size, seed=sc.seed)
+                     null_size=sc.null_size, seed=sc.seed, progress=progress)
     ident = cov.select("perturbation_id", "perturbation_name", "control_type")
     scores = hits.join(ident, on="perturbation_id", how="left").rename(
         {"ci_low": "effect_ci_low", "ci_high": "effect_ci_high"}).with_columns(
