@@ -86,12 +86,21 @@ def demo_config(out: str | Path, *, seed: int = 0, progress: bool | None = None,
     from .config import load_config
     from .simulate import simulate_screen
 
+    from ._errors import SubcellScreenError
+
     out = Path(out)
     sim_dir = out / "input"
+    if out.is_dir() and any(out.iterdir()) and not (out / "screen.duckdb").exists() and not sim_dir.exists():
+        raise SubcellScreenError(f"{out} is not empty and is not a demo folder (no screen.duckdb, no input/): the demo "
+                                 "writes its screen there; pass --out with a new or empty folder")
     if (sim_dir / "config.toml").is_file() and (sim_dir / "answer_key.csv").is_file():
         from .simulate import open_simulated_screen
 
         sim = open_simulated_screen(sim_dir)
+    elif sim_dir.is_dir() and any(sim_dir.iterdir()):
+        raise SubcellScreenError(f"{sim_dir} holds files but not a complete demo simulation (config.toml and "
+                                 f"answer_key.csv; an interrupted first run?): delete {sim_dir} to simulate again, "
+                                 "or pass --out with a new folder")
     else:
         sim = simulate_screen(sim_dir, style="hpa", preset=preset, seed=seed)
     cfg = load_config(sim.config)

@@ -702,6 +702,10 @@ class ScreenDesign:
         return self.layouts[row["layout"][0]]
 
 
+#: Characters a plate barcode may not contain: it names the plate's folders in the screen store (every OS).
+UNSTORABLE_CHARS = '/\\:*?"<>|\0'
+
+
 def read_plates_table(
     path: str | Path,
     *,
@@ -751,6 +755,11 @@ def read_plates_table(
         if plate in seen:
             raise LayoutError(f"duplicate plate {plate!r} (first on line {seen[plate]})", path=path, line=line,
                               column="plate")
+        bad = sorted(set(plate) & set(UNSTORABLE_CHARS)) if plate not in (".", "..") else [plate]
+        if bad:  # a barcode names the plate's folders in the screen store
+            raise LayoutError(f"plate barcode {plate!r} cannot name the plate's folders in the screen store "
+                              f"(it contains {' '.join(map(repr, bad))}; not allowed: / \\ : * ? \" < > |)",
+                              path=path, line=line, column="plate")
         seen[plate] = line
         if layout_id not in layouts:
             try:

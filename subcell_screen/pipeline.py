@@ -290,8 +290,24 @@ def _run_profile(store: ScreenStore, config: RunConfig, plan: RunPlan, *, progre
     t0 = time.perf_counter()
     prof = config.profiles
     fs = _feature_set_in_store(store, plan)
-    wide = well_profiles_from_store(store, feature_set=fs, cell_to_site=prof.cell_to_site,
-                                    site_to_well=prof.site_to_well, progress=progress)
+
+    def refuse(damaged: dict) -> PipelineError:
+        lines = "\n".join(f"  {k[0]} {k[1]} s{k[2]}: {why}" for k, why in list(damaged.items())[:10])
+        return PipelineError(f"{len(damaged)} per-cell file(s) of feature set {fs!r} are damaged or missing:\n"
+                             f"{lines}\nRun the embed stage again (`subcell-screen run CONFIG` resumes and "
+                             "re-featurizes exactly those sites), then the profile stage.")
+
+    missing = store.damaged_cell_feature_files(fs, read_footers=False)  # a stat per file: a well never vanishes
+    if missing:
+        raise refuse(missing)
+    try:
+        wide = well_profiles_from_store(store, feature_set=fs, cell_to_site=prof.cell_to_site,
+                                        site_to_well=prof.site_to_well, progress=progress)
+    except Exception as exc:
+        damaged = store.damaged_cell_feature_files(fs)
+        if not damaged:
+            raise
+        raise refuse(damaged) from exc
     sets = build_profile_sets(store.attach_cell_counts(wide), section=prof)
     store.clear_profiles()
     for name, frame in sets.sets().items():

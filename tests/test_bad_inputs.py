@@ -468,6 +468,158 @@ def _case_portable_url_image(tmp_path: Path, request) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# store bookkeeping, whole-plate failures, CLI misuse, damaged databases (items 6, 7, 9, 10, 12)
+
+QUAD = {"B02": "DMSO", "B03": "DMSO", "B04": "BRD-K50691590", "B05": "BRD-K50691590"}
+
+
+def _real_plate(tmp_path: Path, *, drop=(), **sections):
+    """Four wells of real Cell Painting pixels (tests/realplates.py), the example config, classical everything."""
+    import realplates as rp
+
+    from subcell_screen.config import load_config
+
+    images = tmp_path / "images"
+    rp.write_phenix_plate(images, "P1", {w: i for i, w in enumerate(QUAD)})
+    rp.write_layout(tmp_path / "lay.csv", QUAD)
+    rp.write_plates_table(tmp_path / "plates.csv", {"P1": "lay"})
+    sections = {"embedding": rp.FAST_FEATURES, "profiles": {"feature_select": []}, **sections}
+    path = rp.example_config(tmp_path, images=images, plates_table=tmp_path / "plates.csv", drop=drop, **sections)
+    return path, load_config(path)
+
+
+def _per_cell_file(tmp_path: Path, damage: Callable[[Path], None]) -> None:
+    from subcell_screen.pipeline import PipelineError, run
+    from subcell_screen.store import ScreenStore
+
+    _, cfg = _real_plate(tmp_path)
+    run(cfg, stages=("segment", "embed"), progress=False)
+    with ScreenStore.open(cfg.screen.path, read_only=True) as store:
+        before = store.read_cell_features("classical").sort("well", "cell_id")
+        target = store.cell_feature_file("classical", "P1", "B03", 1)
+    damage(target)
+    with pytest.raises(PipelineError, match=r"P1 B03 s1: .*B03_s1\.parquet is (missing|unreadable)"):
+        run(cfg, stages=("profile",), progress=False)  # never a profile set without the well, never a traceback
+    seg, emb = run(cfg, stages=("segment", "embed"), progress=False).stages  # resume rebuilds exactly that site
+    assert (emb.ok, emb.skipped) == (1, 3) and any("featurized again" in m for m in seg.messages + emb.messages)
+    with ScreenStore.open(cfg.screen.path, read_only=True) as store:
+        after = store.read_cell_features("classical").sort("well", "cell_id")
+    assert after.equals(before)
+    prof = run(cfg, stages=("profile",), progress=False).stages[0]
+    assert prof.ok == 4
+
+
+def _case_cell_file_deleted(tmp_path: Path) -> None:
+    _per_cell_file(tmp_path, lambda p: p.unlink())
+
+
+def _case_cell_file_corrupt(tmp_path: Path) -> None:
+    _per_cell_file(tmp_path, lambda p: p.write_bytes(p.read_bytes()[:200]))
+
+
+def _case_whole_plate_fails(tmp_path: Path, request) -> None:
+    from subcell_screen.cli import main
+
+    path, cfg = _real_plate(tmp_path)
+    for f in (cfg.images.source / "P1" / "Images").glob("*-ch5sk1fk1fl1.tiff"):  # every DNA file cut short
+        f.write_bytes(f.read_bytes()[:300])
+    capsys = request.getfixturevalue("capsys")
+    assert main(["run", str(path), "--stages", "segment,embed", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no site of plate(s) ['P1'] could be segmented" in err
+    assert "Most common failure reasons:" in err and "4 site(s): load:" in err and "<file>" in err
+
+
+def _case_wrong_channel_preset(tmp_path: Path) -> None:
+    from subcell_screen.pipeline import PipelineError, run
+
+    _, cfg = _real_plate(tmp_path, channels={"preset": "hpa"}, drop=[("channels", "nucleus"),
+                                                                       ("channels", "cytoplasm")])
+    with pytest.raises(PipelineError, match=r"plate P1: channel map 'hpa' needs channel\(s\) 'microtubules'.*"
+                                            r"channels found: Brightfield, ER, AGP, Mito, DNA, RNA"):
+        run(cfg, progress=False)
+
+
+def _cli_refused(tmp_path: Path, request, args: list[str], fragment: str) -> None:
+    from subcell_screen.cli import main
+
+    path, _ = _real_plate(tmp_path)
+    capsys = request.getfixturevalue("capsys")
+    rc = main([a.replace("CONFIG", str(path)) for a in args])
+    err = capsys.readouterr().err
+    assert rc == 2 and fragment in err and "Traceback" not in err, err
+    assert not (tmp_path / "screen" / "screen.duckdb").exists()
+
+
+def _case_cli_unknown_stage(tmp_path: Path, request) -> None:
+    _cli_refused(tmp_path, request, ["run", "CONFIG", "--stages", "segment,foo"],
+                 "unknown stage(s) foo; choose from segment,embed,profile,score,report")
+
+
+def _case_cli_empty_stages(tmp_path: Path, request) -> None:
+    _cli_refused(tmp_path, request, ["run", "CONFIG", "--stages", ""], "no stage given")
+
+
+def _damaged_db(tmp_path: Path, request, damage: Callable[[bytes], bytes]) -> None:
+    from subcell_screen.cli import main
+    from subcell_screen.pipeline import run
+
+    path, cfg = _real_plate(tmp_path)
+    run(cfg, stages=("segment",), progress=False)
+    db = tmp_path / "screen" / "screen.duckdb"
+    db.write_bytes(damage(db.read_bytes()))
+    capsys = request.getfixturevalue("capsys")
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(db) in err and "damaged" in err and "another process" not in err and "Traceback" not in err, err
+
+
+def _case_db_truncated(tmp_path: Path, request) -> None:
+    _damaged_db(tmp_path, request, lambda b: b[: len(b) // 2])
+
+
+def _case_db_random_bytes(tmp_path: Path, request) -> None:
+    _damaged_db(tmp_path, request, lambda b: np.random.default_rng(0).bytes(len(b)))
+
+
+def _case_demo_out_not_empty(tmp_path: Path, request) -> None:
+    from subcell_screen.cli import main
+
+    out = tmp_path / "mydata"
+    out.mkdir()
+    (out / "precious.csv").write_text("a,b\n1,2\n")
+    capsys = request.getfixturevalue("capsys")
+    assert main(["demo", "--out", str(out), "--preset", "smoke", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and is not a demo folder" in err and "--out" in err and "overwrite=True" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["precious.csv"]
+
+
+def _case_plate_barcode_unstorable(tmp_path: Path) -> None:
+    from subcell_screen import LayoutError
+    from subcell_screen.pipeline import run
+    from subcell_screen.store import ScreenStore
+
+    _, cfg = _real_plate(tmp_path)
+    (tmp_path / "plates.csv").write_text("plate,layout\nP1,lay\nBR:0042/A,lay\n")
+    with pytest.raises(LayoutError, match=r"plates\.csv, line 3, column 'plate': plate barcode 'BR:0042/A'"):
+        run(cfg, progress=False)
+    with ScreenStore.open(cfg.screen.path, read_only=True) as store:  # refused before anything was written
+        assert store.sql("SELECT count(*) AS n FROM plates")["n"][0] == 0
+
+
+def _case_load_failures_counted_once(tmp_path: Path) -> None:
+    from subcell_screen.pipeline import run
+
+    _, cfg = _real_plate(tmp_path)
+    (cfg.images.source / "P1" / "Images" / "r02c03f01p01-ch5sk1fk1fl1.tiff").unlink()  # B03: its DNA is gone
+    seg, emb = run(cfg, stages=("segment", "embed"), progress=False).stages
+    assert (seg.ok, seg.failed, seg.skipped) == (3, 1, 0) and (emb.ok, emb.failed, emb.skipped) == (3, 1, 0)
+    again = run(cfg, stages=("segment", "embed"), progress=False).stages
+    assert [(s.ok, s.failed, s.skipped) for s in again] == [(0, 1, 3), (0, 1, 3)]  # 4 sites, each counted once
+
+
+# ------------------------------------------------------------------------------------------------------------
 # the table
 
 CASES: tuple[Case, ...] = (
@@ -515,6 +667,26 @@ CASES: tuple[Case, ...] = (
          "refused", "LayoutError", _case_portable_prefix_symlink),
     Case("portable-legacy-output-folder-outside-o", 11, "legacy output_folder = /abs/path with -o given",
          "refused", "LayoutError", _case_portable_legacy_folder_outside_o),
+    Case("per-cell-file-deleted-after-its-stage", 6, "a site's per-cell Parquet deleted after embed finished",
+         "refused", "PipelineError", _case_cell_file_deleted),
+    Case("per-cell-file-corrupt", 6, "a site's per-cell Parquet cut to 200 bytes", "refused", "PipelineError",
+         _case_cell_file_corrupt),
+    Case("whole-plate-fails", 7, "every DNA file of the plate truncated", "refused", "PipelineError",
+         _case_whole_plate_fails),
+    Case("wrong-channel-preset", 7, "[channels] preset = hpa on Cell Painting images", "refused", "PipelineError",
+         _case_wrong_channel_preset),
+    Case("cli-unknown-stage", 9, "run --stages segment,foo", "refused", "BadParameter", _case_cli_unknown_stage),
+    Case("cli-empty-stages", 9, 'run --stages ""', "refused", "BadParameter", _case_cli_empty_stages),
+    Case("screen-db-truncated", 9, "screen.duckdb cut to half its size", "refused", "StoreError",
+         _case_db_truncated),
+    Case("screen-db-random-bytes", 9, "screen.duckdb overwritten with random bytes", "refused", "StoreError",
+         _case_db_random_bytes),
+    Case("demo-out-not-empty", 9, "demo --out into a folder of the user's files", "refused", "SubcellScreenError",
+         _case_demo_out_not_empty),
+    Case("plate-barcode-unstorable", 12, "a plate barcode with ':' and '/'", "refused", "LayoutError",
+         _case_plate_barcode_unstorable),
+    Case("load-failure-counted-once", 12, "a site whose DNA file is missing, stage summary", "site failed",
+         "SiteLoadError", _case_load_failures_counted_once),
     Case("portable-image-url", 11, "an http:// image path without allow_remote",
          "refused", "LayoutError", _case_portable_url_image),
 )
@@ -532,7 +704,7 @@ def test_catalogue_is_well_formed() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
     assert {c.expected for c in CASES} <= set(OUTCOMES)
     by_item = Counter(c.item for c in CASES)
-    assert {1, 2, 3, 4, 5, 8, 11} <= set(by_item), by_item
+    assert {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12} <= set(by_item), by_item
     assert {v[0] for v in BAD_SITES.values()} <= {c.id for c in CASES}
 
 

@@ -10,6 +10,7 @@ issue "Real plates end to end" each have a test here that failed before the fix 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -276,3 +277,60 @@ def test_every_segmentation_key_applies_to_the_run(tmp_path):
             counts[name] = store.sql("SELECT count(*) AS n, min(nucleus_area_um2) AS a FROM cells").row(0)
     (n0, a0), (n1, a1) = counts["default"], counts["large_nuclei_only"]
     assert n0 > n1 > 0 and a0 < 120.0 <= a1, counts
+
+
+_RUNNER = """
+import sys
+from subcell_screen.cli import main
+sys.exit(main(["-v", "run", sys.argv[1], "--stages", "segment,embed", "--no-progress"]))
+"""
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads child processes from /proc (Linux)")
+def test_kill_9_leaves_no_worker_processes_and_the_run_is_marked_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg_path = _plate(tmp_path, embedding=rp.FAST_FEATURES)
+    cfg_path.write_text("workers = 2\n" + cfg_path.read_text())
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(cfg_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    workers: set[int] = set()
+    for line in proc.stderr:
+        workers |= _children(proc.pid)
+        if "featurized " in line:
+            break
+    workers = {w for w in workers | _children(proc.pid) if _alive(w)}
+    assert len(workers) >= 2, workers  # the process pool (and its resource tracker) are running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not [w for w in workers if _alive(w)], "worker processes outlived the killed run"
+    with ScreenStore.open(tmp_path / "screen") as store:  # opening for writing finds the dead run
+        status, error = store.sql("SELECT status, error FROM runs").row(0)
+    assert status == "interrupted" and "stopped without recording its end" in error

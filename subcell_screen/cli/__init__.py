@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, SubcellScreenError):
             click.echo(f"Error: {exc}", err=True)
             return 2
+        if type(exc).__module__.split(".")[0] in ("duckdb", "_duckdb"):  # a store damaged after it was opened
+            click.echo(f"Error: the screen database could not be read ({type(exc).__name__}: {exc}). It is damaged "
+                       "(e.g. a truncated copy or a full disk): restore it from a backup, or re-run the screen into "
+                       "a new folder.", err=True)
+            return 2
         raise
     return 0
 

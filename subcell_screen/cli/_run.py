@@ -76,7 +76,16 @@ def run(config: Path, force: bool, engine: str, address: str | None, stages: str
     """Run every stage of a screen described by CONFIG (TOML)."""
     from ..pipeline import STAGES
 
-    chosen = tuple(s.strip() for s in stages.split(",")) if stages else STAGES
+    if stages is None:
+        chosen = STAGES
+    else:
+        chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+        unknown = [s for s in chosen if s not in STAGES]
+        if unknown or not chosen:
+            raise click.BadParameter(
+                (f"unknown stage(s) {', '.join(unknown)}" if unknown else "no stage given")
+                + f"; choose from {','.join(STAGES)} (comma-separated), or leave --stages out to run them all",
+                param_hint="--stages")
     run_stages(config, chosen, force=force, engine=engine, address=address, progress=progress)
 
 

@@ -190,24 +190,6 @@ class SiteSelection:
         return self.raw_dtypes.get(tuple(key)) or "float32"
 
 
-def _damaged_feature_files(store: ScreenStore, feature_set: str, keys: Iterable[tuple]) -> dict[tuple, str]:
-    """Done sites whose per-cell file is missing or unreadable: key -> what is wrong (with the file)."""
-    n_cells = {(p, w, int(s)): n for p, w, s, n in store.sql(
-        "SELECT plate, well, site, n_cells FROM site_stages WHERE stage = ?", [f"embed:{feature_set}"]).rows()}
-    bad: dict[tuple, str] = {}
-    for key in keys:
-        path = store.cell_feature_file(feature_set, *key)
-        if not path.is_file():
-            if n_cells.get(key):  # a SubCell site without cells has no file by design
-                bad[key] = f"{path} is missing"
-            continue
-        try:
-            pl.read_parquet_schema(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable footer
-            bad[key] = f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-    return bad
-
-
 def select_sites(store: ScreenStore, config: RunConfig, plan: RunPlan, design: ScreenDesign, *,
                  stages: Sequence[str], force: bool, progress: bool | None = None) -> SiteSelection:
     """Index the images, check every site (recorded in ``sites``) and pick the sites with work to do.
@@ -231,7 +213,7 @@ def select_sites(store: ScreenStore, config: RunConfig, plan: RunPlan, design: S
     emb_done = frozenset() if force else frozenset(store.sites_with_stage(embed_stage))
     messages = []
     if do_emb and emb_done:
-        damaged = _damaged_feature_files(store, plan.feature_set, sorted(emb_done & {r.key for r in index}))
+        damaged = store.damaged_cell_feature_files(plan.feature_set, sorted(emb_done & {r.key for r in index}))
         if damaged:
             emb_done = emb_done - set(damaged)
             first = "; ".join(f"{k[0]} {k[1]} s{k[2]}: {why}" for k, why in list(damaged.items())[:3])

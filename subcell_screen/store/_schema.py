@@ -71,7 +71,7 @@ _TABLES = [
     Table("meta", _cols("key VARCHAR, value VARCHAR"), ("key",), "store metadata (schema version, creation)"),
     Table("runs", _cols("run_id VARCHAR, command VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, "
                         "status VARCHAR, package_version VARCHAR, config JSON, models JSON, parameters JSON, "
-                        "summary JSON, error VARCHAR"), ("run_id",),
+                        "summary JSON, error VARCHAR, pid INTEGER, host VARCHAR"), ("run_id",),
           "one pipeline run: command, config, models (with their verification), stage summary, status"),
     Table("plates", _cols("plate VARCHAR, layout VARCHAR, plate_format INTEGER, batch VARCHAR, cell_line VARCHAR, "
                           "timepoint VARCHAR, extra JSON"), ("plate",), "plates table rows"),

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import socket
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
@@ -85,8 +86,10 @@ def safe_name(value: object) -> str:
     StoreError
         For an empty name, ``.``/``..``, or one with a path separator or a character Windows forbids.
     """
+    from ..layouts import UNSTORABLE_CHARS  # the rule the plates table is checked against when it is read
+
     text = str(value)
-    bad = set('/\\:*?"<>|\0') | {os.sep}
+    bad = set(UNSTORABLE_CHARS) | {os.sep}
     if not text or text in {".", ".."} or any(c in bad for c in text):
         raise StoreError(f"{value!r} cannot be used in a file name (plate, well and feature-set names must "
                          "not contain / \\ : * ? \" < > |)")
@@ -123,16 +126,19 @@ class ScreenStore:
             self.path.mkdir(parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect(str(db), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StoreError(f"{db}: cannot open the screen database ({exc}). Another process may be writing "
-                             "to it; DuckDB allows one writer at a time.") from exc
+        except duckdb.Error as exc:
+            raise _open_error(db, exc) from exc
         try:
             self._check_or_init_schema()
+        except duckdb.Error as exc:
+            self.con.close()
+            raise _open_error(db, exc) from exc
         except Exception:
             self.con.close()
             raise
         if not read_only:
             self._remove_stale_temp_files()
+            self._mark_interrupted_runs()
 
     # -- life cycle --------------------------------------------------------------------------------------
 
@@ -362,9 +368,27 @@ class ScreenStore:
             "package_version": [_package_version()], "config": [json.dumps(config or {}, default=str)],
             "models": [json.dumps(models or {}, default=str)],
             "parameters": [json.dumps(parameters or {}, default=str)],
-            "summary": [json.dumps(summary or {}, default=str)],
+            "summary": [json.dumps(summary or {}, default=str)], "pid": [os.getpid()],
+            "host": [socket.gethostname()],
         }), keys=["run_id"])
         return run_id
+
+    def _mark_interrupted_runs(self) -> None:
+        """Runs still ``running`` whose process is gone (killed with ``kill -9``, power loss) become
+        ``interrupted``. DuckDB lets one process write at a time, so a run of another process cannot be going
+        on while this store is open for writing."""
+        stale = self.con.execute("SELECT run_id FROM runs WHERE status = 'running' AND NOT (pid IS NOT DISTINCT "
+                                 "FROM ? AND host IS NOT DISTINCT FROM ?)", [os.getpid(), socket.gethostname()]
+                                 ).fetchall()
+        if stale:
+            ids = [r[0] for r in stale]
+            self.con.execute("UPDATE runs SET status = 'interrupted', error = coalesce(error, ?) WHERE run_id IN "
+                             f"({', '.join('?' for _ in ids)})",
+                             [f"the process of this run stopped without recording its end (killed?); found when the "
+                              f"store was next opened for writing at {_now().isoformat(timespec='seconds')} UTC",
+                              *ids])
+            logger.warning("%s: %d run(s) had stopped without recording their end (marked interrupted): %s",
+                           self.path, len(ids), ", ".join(ids))
 
     def finish_run(self, run_id: str, *, status: str = "ok", summary: Mapping[str, Any] | None = None,
                    error: str | None = None, models: Mapping[str, Any] | None = None) -> None:
@@ -609,6 +633,42 @@ class ScreenStore:
         """
         return write_parquet_atomic(df, self.cell_feature_file(feature_set, plate, well, site))
 
+    def damaged_cell_feature_files(self, feature_set: str, sites: Iterable[tuple[str, str, int]] | None = None, *,
+                                   read_footers: bool = True) -> dict[tuple[str, str, int], str]:
+        """Sites whose per-cell file of ``feature_set`` is missing (while cells were recorded) or unreadable.
+
+        Parameters
+        ----------
+        feature_set
+            Feature set.
+        sites
+            Sites to check (default: every site whose featurization is recorded done).
+        read_footers
+            Also read each file's Parquet footer (False: only check that the files exist, a stat per file).
+
+        Returns
+        -------
+        dict
+            ``(plate, well, site)`` -> what is wrong, naming the file.
+        """
+        done = {(p, w, int(s)): n for p, w, s, n in self.sql(
+            "SELECT plate, well, site, n_cells FROM site_stages WHERE stage = ? AND status = 'ok'",
+            [f"embed:{feature_set}"]).rows()}
+        bad: dict[tuple[str, str, int], str] = {}
+        for key in (done if sites is None else [tuple(k) for k in sites]):
+            path = self.cell_feature_file(feature_set, *key)
+            if not path.is_file():
+                if done.get(key):  # a SubCell site without cells has no file by design
+                    bad[key] = f"{path} is missing"
+                continue
+            if not read_footers:
+                continue
+            try:
+                pl.read_parquet_schema(path)
+            except Exception as exc:  # noqa: BLE001 - any unreadable footer
+                bad[key] = f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        return bad
+
     def cell_feature_files(self, feature_set: str, *, plate: str | None = None) -> list[Path]:
         """Complete Parquet files of a feature set (temp files excluded)."""
         base = self.cells_dir(feature_set, plate)
@@ -843,6 +903,17 @@ class ScreenStore:
                 parts.append(f'"{col}" = ?')
                 params.append(val)
         return " WHERE " + " AND ".join(parts), params
+
+
+def _open_error(db: Path, exc: Exception) -> StoreError:
+    """A clear error for a database that cannot be opened: locked by another writer, or damaged."""
+    text = str(exc)
+    if "lock" in text.lower():
+        return StoreError(f"{db}: another process is using this screen store ({text}). DuckDB allows one writer "
+                          "at a time: wait for the other run to finish, or open the store read-only.")
+    return StoreError(f"{db}: not a readable screen database ({type(exc).__name__}: {text}). The file is damaged "
+                      "(e.g. a truncated copy or a full disk) or is not a DuckDB file: restore it from a backup, or "
+                      "re-run the screen into a new folder (its per-cell Parquet files under cells/ are separate).")
 
 
 def _package_version() -> str:
