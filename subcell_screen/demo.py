@@ -83,10 +83,9 @@ def demo_config(out: str | Path, *, seed: int = 0, progress: bool | None = None,
     The config writes the store to ``out`` (``out/screen.duckdb``) and reports to ``out/reports``;
     ``featurizer`` (``classical`` or ``subcell``) is the per-cell featurizer.
     """
+    from ._errors import SubcellScreenError
     from .config import load_config
     from .simulate import simulate_screen
-
-    from ._errors import SubcellScreenError
 
     out = Path(out)
     sim_dir = out / "input"
