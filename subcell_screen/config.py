@@ -62,14 +62,18 @@ class ScreenSection(_Section):
     """``[screen]``: where the screen store lives."""
 
     path: Path = Field(description="Screen folder: screen.duckdb plus Parquet per-cell data.")
-    name: str | None = None
+    name: str | None = Field(default=None, description=(
+        "Screen name: the title of the reports (default: the screen folder's name)."))
 
 
 class ImagesSection(_Section):
     """``[images]``: where the images are and how to read them."""
 
-    source: Path
-    reader: Literal["auto", "phenix", "imagexpress", "loaddata", "hpa", "ometiff"] = "auto"
+    source: Path = Field(description=(
+        "Folder of the images (searched recursively), a LoadData CSV or an OME-TIFF file."))
+    reader: Literal["auto", "phenix", "imagexpress", "loaddata", "hpa", "ometiff"] = Field(
+        default="auto", description=(
+        "Image reader; auto detects it (see `subcell-screen sites FOLDER`)."))
     pixel_size_um: float | None = Field(default=None, gt=0, description=(
         "µm per pixel of the images; overrides file metadata. Must lie in 0.05-5 (plausible for cell "
         "microscopy)."))
@@ -94,23 +98,38 @@ class ImagesSection(_Section):
 class PlatesSection(_Section):
     """``[plates]``: plates table and layouts."""
 
-    table: Path
-    layouts_dir: Path | None = None
-    plate_format: Literal[96, 384, 1536] | None = None
-    allow_no_negcon: bool = False
+    table: Path = Field(description=(
+        "Plates table (CSV): plate barcode -> layout id, plus batch, cell_line, timepoint."))
+    layouts_dir: Path | None = Field(default=None, description=(
+        "Extra folder to look for layout files in (the table's own folder first, then the built-in "
+        "plate_layouts/)."))
+    plate_format: Literal[96, 384, 1536] | None = Field(default=None, description=(
+        "Wells per plate; default: the smallest format holding every well of the layouts."))
+    allow_no_negcon: bool = Field(default=False, description=(
+        "Accept layouts without negative-control wells (normalise with [profiles].controls = \"all\")."))
 
 
 class ChannelsSection(_Section):
     """``[channels]``: acquired channels -> SubCell inputs and segmentation channels."""
 
-    preset: Literal["hpa", "hpa-rbg", "hpa-ybg", "hpa-bg", "cellpainting", "custom"] = "hpa"
-    channels: list[str] | None = None
-    model_channels: Literal["rybg", "rbg", "ybg", "bg"] | None = None
-    slots: dict[str, str] | None = None
-    passes: dict[str, dict[str, str]] | None = None
-    nucleus: str | None = None
-    cytoplasm: str | None = None
-    protein: str | None = None
+    preset: Literal["hpa", "hpa-rbg", "hpa-ybg", "hpa-bg", "cellpainting", "custom"] = Field(
+        default="hpa", description=(
+        "Channel map: hpa (microtubules, er, nucleus, protein), its subsets, cellpainting (DNA, ER, RNA, "
+        "AGP, Mito), or custom."))
+    channels: list[str] | None = Field(default=None, description=(
+        "custom: the acquired channel names the map uses."))
+    model_channels: Literal["rybg", "rbg", "ybg", "bg"] | None = Field(default=None, description=(
+        "custom: SubCell channel set (r microtubules, y ER, b nucleus, g protein)."))
+    slots: dict[str, str] | None = Field(default=None, description=(
+        "custom, one pass: SubCell letter -> channel, e.g. {b = \"DNA\", g = \"GFP\"}."))
+    passes: dict[str, dict[str, str]] | None = Field(default=None, description=(
+        "custom, several passes: pass name -> {letter -> channel}; embeddings are concatenated."))
+    nucleus: str | None = Field(default=None, description=(
+        "Channel nuclei are segmented on (default: the preset's)."))
+    cytoplasm: str | None = Field(default=None, description=(
+        "Channel cells are grown on from the nuclei (default: the preset's; none: dilated nuclei)."))
+    protein: str | None = Field(default=None, description=(
+        "Protein-of-interest channel for relocalization readouts (custom maps)."))
 
     @model_validator(mode="after")
     def _custom_complete(self) -> ChannelsSection:
@@ -126,14 +145,19 @@ class ChannelsSection(_Section):
 class SegmentationSection(_Section):
     """``[segmentation]``: how cells are found."""
 
-    method: Literal["classical", "cellpose"] = "classical"
+    method: Literal["classical", "cellpose"] = Field(default="classical", description=(
+        "classical (offline, CPU) or cellpose (needs local Cellpose weights)."))
     model: str = Field(default="cpsam", description="Cellpose model name (cpsam, cyto3, nuclei).")
     weights: Path | None = Field(default=None, description="Local Cellpose weights file.")
-    weights_sha256: str | None = None
-    nucleus_diameter_um: float | None = Field(default=None, gt=0)
-    cell_diameter_um: float | None = Field(default=None, gt=0)
+    weights_sha256: str | None = Field(default=None, description=(
+        "Expected SHA-256 of the Cellpose weights file (verified before loading)."))
+    nucleus_diameter_um: float | None = Field(default=None, gt=0, description=(
+        "Typical nucleus diameter in µm (default: classical 10, Cellpose estimates)."))
+    cell_diameter_um: float | None = Field(default=None, gt=0, description=(
+        "Typical cell diameter in µm (Cellpose)."))
     batch_size: int = Field(default=32, gt=0, description="Cellpose batch size, in 256-px tiles.")
-    min_nucleus_area_um2: float | None = Field(default=None, ge=0)
+    min_nucleus_area_um2: float | None = Field(default=None, ge=0, description=(
+        "Nuclei smaller than this area (µm²) are discarded (classical)."))
     allow_fallback: bool = Field(
         default=False, description="Use the classical segmenter when Cellpose weights are missing.")
 
@@ -141,23 +165,33 @@ class SegmentationSection(_Section):
 class EmbeddingSection(_Section):
     """``[embedding]``: per-cell features."""
 
-    featurizer: Literal["subcell", "classical"] = "subcell"
-    model: str = "rybg/MAE-CellS-ProtS-Pool"
-    cache_dir: Path | None = None
-    offline: bool = False
+    featurizer: Literal["subcell", "classical"] = Field(default="subcell", description=(
+        "Per-cell features: subcell (SubCell embeddings) or classical (CellProfiler-style)."))
+    model: str = Field(default="rybg/MAE-CellS-ProtS-Pool", description=(
+        "SubCell model (`subcell-screen models list`); its channel set must match the channel map."))
+    cache_dir: Path | None = Field(default=None, description=(
+        "Model weights folder (default: $SUBCELL_SCREEN_MODELS or the user cache)."))
+    offline: bool = Field(default=False, description=(
+        "Never download weights; fail if they are not in the cache."))
     precision: Literal["fp32", "bf16", "bf16-pure"] = Field(default="bf16", description=(
         "fp32: faithful; bf16: autocast with an fp32 residual stream; bf16-pure: bf16 weights and residual "
         "stream (fastest; cosine to fp32 >= 0.9999 on an H100)."))
     normalize: Literal["joint", "per_channel"] | None = Field(default=None, description=(
         "Crop min-max normalisation; unset: the model card's (joint, as SubCell was trained). per_channel is "
         "the SubCellPortable 2025 / JUMP recipe. Resolve with subcell_screen.embed.resolve_preprocessing."))
-    crop_size: int = Field(default=_CARD_PREPROCESSING.crop_size, gt=0, multiple_of=16)
-    target_pixel_size_um: float = Field(default=_CARD_PREPROCESSING.pixel_size_um, gt=0)
-    mask: bool = _CARD_PREPROCESSING.mask
-    batch_size: int = Field(default=128, gt=0)
-    num_workers: int = Field(default=2, ge=0)
-    compile: bool = False
-    store_dtype: Literal["float32", "float16"] = "float32"
+    crop_size: int = Field(default=_CARD_PREPROCESSING.crop_size, gt=0, multiple_of=16, description=(
+        "Crop side in pixels at the model's pixel size (default: the model card's)."))
+    target_pixel_size_um: float = Field(default=_CARD_PREPROCESSING.pixel_size_um, gt=0, description=(
+        "Pixel size crops are rescaled to, µm (default: the model card's, HPA 0.0800885)."))
+    mask: bool = Field(default=_CARD_PREPROCESSING.mask, description=(
+        "Zero the pixels outside the cell in each crop (default: the model card's)."))
+    batch_size: int = Field(default=128, gt=0, description="Crops per forward pass.")
+    num_workers: int = Field(default=2, ge=0, description=(
+        "CPU threads preparing crop batches while the model runs."))
+    compile: bool = Field(default=False, description=(
+        "torch.compile the model (faster on GPUs after a warm-up)."))
+    store_dtype: Literal["float32", "float16"] = Field(default="float32", description=(
+        "Storage type of per-cell embeddings (float16 halves the files; profiles are computed before)."))
     allow_fallback: bool = Field(
         default=False, description="Use classical features when SubCell weights are missing.")
     classical_families: list[Literal["shape", "intensity", "texture", "correlation", "radial"]] = Field(
@@ -175,19 +209,29 @@ class EmbeddingSection(_Section):
 class ProfilesSection(_Section):
     """``[profiles]``: cells -> wells -> normalised profiles."""
 
-    cell_to_site: Literal["median", "mean"] = "median"
-    site_to_well: Literal["median", "mean"] = "mean"
-    normalize: Literal["standardize", "robustize", "mad_robustize", "spherize", "inverse_normal", "none"] = (
-        "mad_robustize")
-    mad_scale: Literal["normal", "unscaled"] = "normal"
-    epsilon: float = Field(default=1e-18, ge=0)
-    controls: Literal["negcon", "all"] = "negcon"
-    spherize_method: Literal["ZCA", "ZCA-cor", "PCA", "PCA-cor"] = "ZCA-cor"
-    spherize_epsilon: float = Field(default=1e-6, ge=0)
+    cell_to_site: Literal["median", "mean"] = Field(default="median", description=(
+        "Aggregation of cells into site profiles."))
+    site_to_well: Literal["median", "mean"] = Field(default="mean", description=(
+        "Aggregation of sites into well profiles."))
+    normalize: Literal["standardize", "robustize", "mad_robustize", "spherize", "inverse_normal", "none"] = Field(
+        default="mad_robustize", description=(
+        "Per-plate normalisation against the controls (pycytominer methods), or none."))
+    mad_scale: Literal["normal", "unscaled"] = Field(default="normal", description=(
+        "mad_robustize: normal (MAD x 1.4826, pycytominer) or unscaled (the JUMP recipe)."))
+    epsilon: float = Field(default=1e-18, ge=0, description=(
+        "mad_robustize: added to the MAD (avoids division by zero)."))
+    controls: Literal["negcon", "all"] = Field(default="negcon", description=(
+        "Wells the normalisation is fitted on: negcon wells of each plate, or all wells."))
+    spherize_method: Literal["ZCA", "ZCA-cor", "PCA", "PCA-cor"] = Field(default="ZCA-cor", description=(
+        "spherize: whitening variant."))
+    spherize_epsilon: float = Field(default=1e-6, ge=0, description=(
+        "spherize: regularisation added to the eigenvalues."))
     feature_select: list[str] = Field(default_factory=list, description=(
         "feature_select operations, in order (subcell_screen.profiles.FEATURE_SELECT_OPERATIONS)."))
-    batch_correction: Literal["none", "harmony"] = "none"
-    min_cells_per_well: int = Field(default=1, ge=0)
+    batch_correction: Literal["none", "harmony"] = Field(default="none", description=(
+        "Batch correction of the final profiles across batches (or plates)."))
+    min_cells_per_well: int = Field(default=1, ge=0, description=(
+        "Wells with fewer cells are left out of the profiles (named in the stage messages)."))
 
     @field_validator("feature_select")
     @classmethod
@@ -203,21 +247,28 @@ class ProfilesSection(_Section):
 class ScoringSection(_Section):
     """``[scoring]``: activity, retrieval, hits, dose response, relocalization."""
 
-    null_size: int = Field(default=10000, gt=0)
-    seed: int = 0
-    threshold: float = Field(default=0.05, gt=0, lt=1)
-    distance: Literal["cosine"] = "cosine"
-    min_effect_size: float = Field(default=0.0, ge=0)
-    moa_column: str | None = "moa"
-    relocalization: bool | None = Field(default=None, description="Default: on when there is a protein channel.")
+    null_size: int = Field(default=10000, gt=0, description=(
+        "Size of the permutation null of each mAP p-value."))
+    seed: int = Field(default=0, description="Seed of the nulls and bootstraps (results are reproducible).")
+    threshold: float = Field(default=0.05, gt=0, lt=1, description=(
+        "q-value (BH-corrected p) below which a perturbation is called active."))
+    distance: Literal["cosine"] = Field(default="cosine", description="Profile similarity for mAP (cosine).")
+    min_effect_size: float = Field(default=0.0, ge=0, description=(
+        "Minimum effect size (control per-feature sd units) of a hit."))
+    moa_column: str | None = Field(default="moa", description=(
+        "Layout column with mechanisms of action (for retrieval scores and the map)."))
+    relocalization: bool | None = Field(default=None, description=(
+        "Default: on when there is a protein channel."))
 
 
 class ReportSection(_Section):
     """``[report]``: where reports go."""
 
-    out: Path = Path("reports")
-    sample_sites: int = Field(default=4, ge=0)
-    gallery_cells: int = Field(default=8, ge=0)
+    out: Path = Field(default=Path("reports"), description="Folder of the HTML reports and their figures.")
+    sample_sites: int = Field(default=4, ge=0, description=(
+        "Sites shown with segmentation outlines in the QC report."))
+    gallery_cells: int = Field(default=8, ge=0, description=(
+        "Cells per hit (and per control row) in the hit report's galleries."))
     channel_colors: dict[str, str] = Field(default_factory=dict, description=(
         "Channel -> display colour (a name such as blue, green, red, yellow, magenta, cyan, or #rrggbb) for "
         "overlays and galleries; default: the field's convention (Cell Painting: DNA blue, ER green, RNA "
@@ -236,14 +287,19 @@ class ReportSection(_Section):
 class RaySection(_Section):
     """``[ray]``: scale-out settings (used with ``--engine ray``)."""
 
-    address: str | None = None
-    num_cpus: int | None = Field(default=None, gt=0)
+    address: str | None = Field(default=None, description=(
+        "Ray cluster address (default: a local Ray instance)."))
+    num_cpus: int | None = Field(default=None, gt=0, description=(
+        "CPUs of the local Ray instance (default: all)."))
     object_store_memory: int | None = Field(default=None, gt=0, description="bytes")
-    gpus_per_actor: float = Field(default=0.0, ge=0)
-    segment_actors: int = Field(default=1, gt=0)
-    embed_actors: int = Field(default=1, gt=0)
-    load_batch_size: int = Field(default=4, gt=0)
-    embed_batch_size: int = Field(default=256, gt=0, description="Images per SubCell forward in an embed actor.")
+    gpus_per_actor: float = Field(default=0.0, ge=0, description=(
+        "GPUs of each segment/embed actor (0: the models run on CPUs)."))
+    segment_actors: int = Field(default=1, gt=0, description=(
+        "Segmentation actors (each holds a Cellpose model when Cellpose segments)."))
+    embed_actors: int = Field(default=1, gt=0, description="Embedding actors (each holds a SubCell model).")
+    load_batch_size: int = Field(default=4, gt=0, description="Sites per image-loading task.")
+    embed_batch_size: int = Field(default=256, gt=0, description=(
+        "Images per SubCell forward in an embed actor."))
     output: Path | None = Field(default=None, description="Shared folder for Parquet outputs.")
     cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved by each segment/embed actor.")
     site_batch_size: int = Field(default=4, gt=0,
@@ -255,17 +311,22 @@ class RaySection(_Section):
 class RunConfig(_Section):
     """A whole run. Build with :func:`load_config` or :func:`config_from_dict`."""
 
-    screen: ScreenSection
-    images: ImagesSection
-    plates: PlatesSection
-    channels: ChannelsSection = ChannelsSection()
-    segmentation: SegmentationSection = SegmentationSection()
-    embedding: EmbeddingSection = EmbeddingSection()
-    profiles: ProfilesSection = ProfilesSection()
-    scoring: ScoringSection = ScoringSection()
-    report: ReportSection = ReportSection()
-    ray: RaySection = RaySection()
-    device: str = "auto"
+    screen: ScreenSection = Field(description="Where the screen store lives.")
+    images: ImagesSection = Field(description="Where the images are and how to read them.")
+    plates: PlatesSection = Field(description="Plates table and layouts.")
+    channels: ChannelsSection = Field(default=ChannelsSection(), description=(
+        "Acquired channels -> segmentation and SubCell inputs."))
+    segmentation: SegmentationSection = Field(default=SegmentationSection(), description=(
+        "How cells are found."))
+    embedding: EmbeddingSection = Field(default=EmbeddingSection(), description="Per-cell features.")
+    profiles: ProfilesSection = Field(default=ProfilesSection(), description=(
+        "Cells -> wells -> normalised, selected profiles."))
+    scoring: ScoringSection = Field(default=ScoringSection(), description=(
+        "Activity, hits, dose response, relocalization."))
+    report: ReportSection = Field(default=ReportSection(), description="Where reports go and what they show.")
+    ray: RaySection = Field(default=RaySection(), description="Scale-out settings (with --engine ray).")
+    device: str = Field(default="auto", description=(
+        "Torch device: auto (CUDA when present), cpu, cuda or cuda:<index>."))
     workers: int | None = Field(default=None, gt=0, description=(
         "Processes for the all-CPU path (classical segmentation + features); default: the CPU cores, max 8."))
     source_file: Path | None = Field(default=None, exclude=True)
