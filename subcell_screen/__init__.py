@@ -29,6 +29,8 @@ _LAZY: dict[str, str] = {
     # scoring (copairs-compatible)
     "average_precision": ".score",
     "mean_average_precision": ".score",
+    # phenotypic map
+    "phenotypic_map": ".phenomap",
     # foundation
     "ScreenStore": ".store",
     "RunConfig": ".config",
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static view of the lazy names above)
     from .channels import ChannelMap
     from .config import RunConfig, load_config
     from .layouts import read_layout, read_plates_table
+    from .phenomap import phenotypic_map
     from .profiles import aggregate, consensus, feature_select, normalize
     from .score import average_precision, mean_average_precision
     from .store import ScreenStore
