@@ -15,12 +15,13 @@ Pure functions on polars frames and numpy arrays (this package never opens a scr
 Examples
 --------
 >>> import subcell_screen as ss
+>>> from subcell_screen.profiles import NEGCON
 >>> from subcell_screen.simulate import simulate_well_profiles
->>> sim = simulate_well_profiles(n_plates=2, n_features=16, seed=0)
->>> prof = ss.normalize(sim.profiles, method="standardize",
-...                     controls=ss.profiles.NEGCON)                      # doctest: +SKIP
->>> m = ss.phenotypic_map(prof, by=["Metadata_perturbation_id"], annotations=["Metadata_moa"])  # doctest: +SKIP
->>> m.enrichment.filter(m.enrichment["q_value"] < 0.05)                    # doctest: +SKIP
+>>> sim = simulate_well_profiles(n_plates=2, n_features=32, seed=0)
+>>> prof = ss.normalize(sim.profiles, method="mad_robustize", controls=NEGCON)
+>>> m = ss.phenotypic_map(prof, by=["Metadata_perturbation_id"], annotations=["Metadata_moa"])
+>>> m.enrichment.filter(m.enrichment["q_value"] < 0.05)          # doctest: +SKIP
+>>> m.similar("active_00", k=5)                                  # doctest: +SKIP
 """
 
 from __future__ import annotations

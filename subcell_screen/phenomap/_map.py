@@ -517,6 +517,9 @@ def similar(
     replicate_by = tuple(replicate_by) if replicate_by is not None else by
     neg_rows = None
     if null == "negcon":
+        if negcon is None and "Metadata_control_type" not in profiles.columns:
+            raise ValueError("null='negcon' needs negative-control rows: a Metadata_control_type column with "
+                             "'negcon' rows, or negcon=<expression>")
         expr = negcon if negcon is not None else (pl.col("Metadata_control_type") == "negcon")
         is_neg = profiles.select(expr.fill_null(False).alias("_neg"))["_neg"]
         neg_rows = profiles.filter(is_neg).select(feats).cast(pl.Float64).to_numpy()
@@ -584,21 +587,19 @@ def neighbour_agreement(result: PhenotypicMap, annotation: str, *, exclude_same:
     terms = [split_terms(v) for v in result.items[annotation].to_list()]
     has = np.array([bool(t) for t in terms])
     unit = unit_rows(result.consensus)
-    s = unit @ unit.T
-    n = len(terms)
-    same = np.zeros((n, n), bool)
-    for c in exclude_same:
-        v = result.items[c].cast(pl.String).fill_null("\0null").to_numpy()
-        same |= v[:, None] == v[None, :]
-    np.fill_diagonal(same, True)
-    eligible = has[None, :] & ~same
+    groups = [result.items[c].cast(pl.String).fill_null("\0null").to_numpy() for c in exclude_same]
     agree, chance, used = 0, 0.0, 0
-    for i in np.flatnonzero(has):
-        cand = np.flatnonzero(eligible[i])
+    for i in np.flatnonzero(has):  # one row at a time: memory stays O(n)
+        eligible = has.copy()
+        eligible[i] = False
+        for g in groups:
+            eligible &= g != g[i]
+        cand = np.flatnonzero(eligible)
         if cand.size == 0:
             continue
         used += 1
-        best = cand[np.lexsort((cand, -s[i, cand]))[0]]
+        s = unit[cand] @ unit[i]
+        best = cand[np.lexsort((cand, -s))[0]]
         agree += bool(terms[i] & terms[best])
         chance += float(np.mean([bool(terms[i] & terms[j]) for j in cand]))
     return NeighbourAgreement(annotation=annotation, n_items=used, agreement=agree / used if used else float("nan"),

@@ -314,8 +314,9 @@ def _gallery(store: ScreenStore, page: Page, resolution: float, labels: dict[int
 
     page.section("Example cells")
     summary = run_query(store, "map_clusters_at", resolution=resolution)
-    shown = summary.filter(pl.col("label").is_not_null() & (pl.col("label") != "inactive (no phenotype)"))
-    shown = pl.concat([shown, summary.filter(pl.col("label").is_null())]).head(n_clusters)
+    active = summary.filter(~pl.col("inactive"))
+    shown = pl.concat([active.filter(pl.col("label").is_not_null()),
+                       active.filter(pl.col("label").is_null())]).head(n_clusters)
     if shown.height == 0:
         page.not_computed("Example cells", "no cluster of active items")
         return

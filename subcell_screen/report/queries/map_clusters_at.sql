@@ -1,9 +1,11 @@
--- map_clusters_at: the clusters of one resolution: size, parent cluster at the next coarser resolution,
+-- map_clusters_at: the clusters of one resolution (the inactive items' cluster last): size, parent cluster at
+-- the next coarser resolution,
 -- label (most specific enriched terms) with its q-value, and up to 12 member items.
 -- requires: map_cluster_summary, map_clusters
 -- params: resolution (DOUBLE)
 SELECT
     s.cluster,
+    s.inactive,
     s.n_items,
     s.parent,
     s.label,
