@@ -55,6 +55,23 @@ def lincs() -> None:
     moa_terms = {t for v in m.items["Metadata_moa"].to_list() for t in split_terms(v)}
     print(f"  MoA terms enriched: {sig.filter(pl.col('annotation') == 'Metadata_moa')['term'].n_unique()} of "
           f"{len(moa_terms)}")
+    # MoAs shared by several compounds: enriched in a cluster that holds two or more of those compounds?
+    cpd_of_moa: dict[str, set] = {}
+    for c, v in m.items.select("Metadata_InChIKey14", "Metadata_moa").iter_rows():
+        for t in split_terms(v):
+            cpd_of_moa.setdefault(t, set()).add(c)
+    shared = {t for t, c in cpd_of_moa.items() if len(c) >= 2}
+    n_res = len(m.resolutions)
+    cl = m.clusters.with_columns(pl.Series("cpd", m.items["Metadata_InChIKey14"].to_list() * n_res),
+                                 pl.Series("moa", m.items["Metadata_moa"].to_list() * n_res))
+    cross = set()
+    for r, c, t in sig.filter(pl.col("annotation") == "Metadata_moa").select("resolution", "cluster", "term").iter_rows():
+        if t in shared:
+            sub = cl.filter((pl.col("resolution") == r) & (pl.col("cluster") == c))
+            if len({cp for cp, mo in sub.select("cpd", "moa").iter_rows() if t in split_terms(mo)}) >= 2:
+                cross.add(t)
+    print(f"  MoAs of two or more compounds: {len(shared)}; enriched in a cluster holding >= 2 of their compounds: "
+          f"{len(cross)} ({', '.join(sorted(cross))})")
     # baseline: average linkage on cosine distances, cut into the map's cluster counts
     x = m.consensus
     z = linkage(pdist(x, "cosine"), "average")
