@@ -322,7 +322,8 @@ def phenotypic_map(
         Modularity resolutions ``γ`` (larger = finer), default :data:`DEFAULT_RESOLUTIONS`; sorted coarse to
         fine, duplicates dropped.
     seed : int
-        Seed of the layout and of sampled nulls; the clustering itself is deterministic.
+        Seed of the sampled nulls (activity test, similarity null) and of the layout; the graph clustering
+        itself has no randomness.
     n_neighbors : int
         kNN graph degree.
     method : {"median", "mean"}
