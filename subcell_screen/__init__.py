@@ -32,6 +32,8 @@ _LAZY: dict[str, str] = {
     "average_precision": ".score",
     "mean_average_precision": ".score",
     "mean_average_precision_hierarchical": ".score",
+    # phenotypic map
+    "phenotypic_map": ".phenomap",
     # foundation
     "ScreenStore": ".store",
     "RunConfig": ".config",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static view of the lazy names above)
     from .channels import ChannelMap
     from .config import RunConfig, load_config
     from .layouts import read_layout, read_plates_table
+    from .phenomap import phenotypic_map
     from .profiles import NEGCON, aggregate, annotate, consensus, feature_select, normalize
     from .score import average_precision, mean_average_precision, mean_average_precision_hierarchical
     from .store import ScreenStore

@@ -339,6 +339,17 @@ def _build_screen(root: Path) -> dict:
         later = store.start_run(command="report")  # a later run without featurizer info
         store.finish_run(later, status="ok", summary={"reports": 2})
         key["run_id"] = run_id
+
+        # the phenotypic map of the normalised profiles (map_* tables), with made-up class probabilities
+        from subcell_screen.phenomap import cluster_localization, phenotypic_map, write_map_tables
+
+        wide = pl.concat([prof.select(pl.col("^Metadata_.*$")), pl.DataFrame(norm, schema=sim.feature_names)],
+                         how="horizontal")
+        pmap = phenotypic_map(wide, by=["Metadata_perturbation_id"], annotations=["Metadata_moa"])
+        probs = pmap.items.select("item").with_columns(
+            pl.Series("probabilities", rng.random((pmap.n_items, 31)).tolist()))
+        write_map_tables(store, pmap, localization=cluster_localization(
+            pmap, probs, class_names=[f"class {i}" for i in range(31)]))
     key["store"] = store_dir
     return key
 

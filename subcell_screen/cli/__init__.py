@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("._run:profile", "Run only the profile stage (aggregate, normalise, select)."),
     "score": ("._run:score", "Run only the scoring stage."),
     "report": ("._run:report", "Render the QC and hit reports from a screen store."),
+    "map": ("._map:map_command", "Phenotypic map: nested clusters, enrichment, neighbours, map_report.html."),
+    "similar": ("._similar:similar", "List the perturbations whose profiles look most like a given one."),
     "demo": ("._demo:demo", "Simulate a small screen with planted effects and run the whole pipeline."),
     "portable": ("._portable:portable", "SubCellPortable-compatible inference from a path_list.csv."),
 }
