@@ -315,18 +315,19 @@ def test_input_errors_name_the_problem():
     with pytest.raises(ValueError, match="activity must be one of"):
         phenotypic_map(prof, by=["Metadata_perturbation_id"], activity="maybe")
     # a missing value in one well is skipped by the median; an item whose wells have no values is left out
-    feats = [c for c in prof.columns if c.startswith("feature_")]
+    feats = [c for c in prof.columns if c.startswith("Cells_Feature_")]
     is3 = pl.col("Metadata_perturbation_id") == "null_03"
     first4 = (pl.col("Metadata_perturbation_id") == "null_04") & (pl.int_range(pl.len()).over(
         "Metadata_perturbation_id") == 0)
     bad = prof.with_columns([pl.when(is3).then(None).otherwise(pl.col(f)).alias(f) for f in feats]) \
-        .with_columns(pl.when(first4).then(float("nan")).otherwise(pl.col("feature_000")).alias("feature_000"))
+        .with_columns(pl.when(first4).then(float("nan")).otherwise(pl.col("Cells_Feature_000"))
+                      .alias("Cells_Feature_000"))
     m = phenotypic_map(bad, by=["Metadata_perturbation_id"])
     reasons = dict(m.excluded.select("item", "reason").iter_rows())
     assert set(reasons) == {"DMSO", "null_03"} and "non-finite" in reasons["null_03"]
     assert "zero" in reasons["DMSO"]  # the negative controls' median is their centre after normalisation
     assert "null_03" not in m.items["item"].to_list() and "null_04" in m.items["item"].to_list()
-    rows = prof.filter(pl.col("Metadata_perturbation_id") == "null_04")["feature_000"].to_numpy()
+    rows = prof.filter(pl.col("Metadata_perturbation_id") == "null_04")["Cells_Feature_000"].to_numpy()
     got = m.consensus[m.items["item"].to_list().index("null_04"), 0]
     assert got == pytest.approx(np.median(rows[1:]))
 

@@ -77,12 +77,11 @@ def _num(text: str) -> float:
 def test_map_tables_have_the_declared_columns_and_types(profiles_screen):
     with ScreenStore.open(profiles_screen["store"], read_only=True) as store:
         for table, cols in MAP_TABLES.items():
-            if table == "map_cluster_localization":
-                assert not store.has_table(table)  # classical features: no class probabilities
+            if table == "map_cluster_localization":  # classical features: no class probabilities
+                assert store.sql(f"SELECT count(*) AS n FROM {table}")["n"].item() == 0
                 continue
             described = store.sql(f"DESCRIBE {table}").select("column_name", "column_type").rows()
-            want = [(c, "VARCHAR" if t == "JSON" else t) for c, t in cols.items()]
-            assert described == want, table
+            assert described == list(cols.items()), table
         # reachable with SQL like the rest: clusters joined with wells and scores
         n = store.sql("SELECT count(*) AS n FROM map_items")["n"].item()
         k = store.sql("SELECT count(DISTINCT resolution) AS k FROM map_clusters")["k"].item()
@@ -121,8 +120,8 @@ def test_map_report_numbers_equal_sql(profiles_screen):
     assert 'data-query="map_points_hits"' in html and f"hit ({hits['n'].item()})" not in html  # legend is in the PNG
     assert 'data-query="map_hit_neighbours"' in html
     # no images and no SubCell: those sections say why
-    assert "Example cells: not computed (table cells is missing" in html
-    assert "Mean SubCell localization per cluster: not computed (table map_cluster_localization is missing" in html
+    assert "Example cells: not computed (tables cells, sites are empty" in html
+    assert "Mean SubCell localization per cluster: not computed (table map_cluster_localization is empty" in html
     for png in ("map_report_map.png", "map_report_dendrogram.png"):
         assert (path.parent / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -133,7 +132,7 @@ def test_map_report_without_map_tables_says_not_computed(tmp_path):
     with ScreenStore.create(tmp_path / "bare"):
         pass
     html = build_map_report(tmp_path / "bare", tmp_path / "out").read_text()
-    assert "Phenotypic map: not computed (tables map_info, map_items, map_enrichment are missing" in html
+    assert "Phenotypic map: not computed (tables map_info, map_items are empty" in html
     assert "run `subcell-screen map CONFIG`" in html
 
 

@@ -61,8 +61,8 @@ def test_harmony_on_principal_components_and_errors(screen):
     with pytest.raises(ValueError, match="only one batch"):
         correct_batch(base.filter(pl.col("Metadata_Batch") == "batch1"), batch_col="Metadata_Batch",
                       features=screen.feature_names)
-    with pytest.raises(ValueError, match=r"missing values: 'feature_003'"):
-        correct_batch(base.with_columns(pl.lit(None, dtype=pl.Float64).alias("feature_003")),
+    with pytest.raises(ValueError, match=r"missing values: 'Cells_Feature_003'"):
+        correct_batch(base.with_columns(pl.lit(None, dtype=pl.Float64).alias("Cells_Feature_003")),
                       features=screen.feature_names)
     with pytest.raises(ValueError, match="method must be one of"):
         correct_batch(base, method="combat", features=screen.feature_names)

@@ -179,11 +179,15 @@ def _check_inputs(profiles: pl.DataFrame, by: Sequence[str], annotations: Sequen
     if missing:
         raise ValueError(f"column(s) {missing} not in the profiles (metadata columns: "
                          f"{[c for c in profiles.columns if c.startswith('Metadata_')]})")
-    from ..profiles import infer_features
+    if features is None:  # a map takes profiles whatever their feature names: every numeric non-Metadata column
+        feats = [c for c, t in profiles.schema.items() if not c.startswith("Metadata_") and t.is_numeric()]
+    else:
+        from ..profiles import infer_features
 
-    feats = [f for f in infer_features(profiles, features) if f not in by]
+        feats = list(infer_features(profiles, features))
+    feats = [f for f in feats if f not in by]
     if not feats:
-        raise ValueError("no feature columns in the profiles")
+        raise ValueError("no feature columns in the profiles (every numeric column not prefixed Metadata_ is one)")
     return feats
 
 

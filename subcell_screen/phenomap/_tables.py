@@ -18,35 +18,17 @@ import polars as pl
 
 from ._map import PhenotypicMap
 
+
+def _store_tables() -> dict:
+    from ..store import TABLES
+
+    return {name: t for name, t in TABLES.items() if name.startswith("map_")}
+
+
 __all__ = ["MAP_TABLES", "map_tables", "write_map_tables", "cluster_localization"]
 
-#: Table -> column -> DuckDB type of everything :func:`write_map_tables` writes (to move into the store schema).
-MAP_TABLES: dict[str, dict[str, str]] = {
-    "map_info": {"key": "VARCHAR", "value": "JSON"},
-    "map_items": {
-        "item": "VARCHAR", "perturbation_id": "VARCHAR", "concentration": "DOUBLE", "n_profiles": "INTEGER",
-        "is_control": "BOOLEAN", "active": "BOOLEAN", "activity_p_value": "DOUBLE", "activity_q_value": "DOUBLE",
-        "key": "JSON", "annotations": "JSON"},
-    "map_clusters": {"item": "VARCHAR", "resolution": "DOUBLE", "level": "INTEGER", "cluster": "INTEGER"},
-    "map_cluster_summary": {
-        "resolution": "DOUBLE", "level": "INTEGER", "cluster": "INTEGER", "n_items": "INTEGER", "parent": "INTEGER",
-        "inactive": "BOOLEAN", "label": "VARCHAR", "label_annotation": "VARCHAR", "label_q_value": "DOUBLE",
-        "n_significant": "INTEGER"},
-    "map_coordinates": {"item": "VARCHAR", "x": "DOUBLE", "y": "DOUBLE"},
-    "map_enrichment": {
-        "resolution": "DOUBLE", "level": "INTEGER", "cluster": "INTEGER", "annotation": "VARCHAR", "term": "VARCHAR",
-        "n_in_cluster": "INTEGER", "cluster_size": "INTEGER", "n_term": "INTEGER", "n_items": "INTEGER",
-        "p_value": "DOUBLE", "q_value": "DOUBLE"},
-    "map_neighbours": {
-        "item": "VARCHAR", "rank": "INTEGER", "neighbour": "VARCHAR", "similarity": "DOUBLE", "p_value": "DOUBLE",
-        "q_value": "DOUBLE"},
-    "map_dendrogram": {
-        "node": "INTEGER", "item": "VARCHAR", "left_node": "INTEGER", "right_node": "INTEGER", "height": "DOUBLE",
-        "size": "INTEGER"},
-    "map_cluster_localization": {
-        "resolution": "DOUBLE", "level": "INTEGER", "cluster": "INTEGER", "class_index": "INTEGER",
-        "class_name": "VARCHAR", "mean_probability": "DOUBLE", "n_items": "INTEGER"},
-}
+#: Table -> column -> DuckDB type of everything :func:`write_map_tables` writes (declared by the store).
+MAP_TABLES: dict[str, dict[str, str]] = {name: t.types for name, t in _store_tables().items()}
 
 _POLARS = {"VARCHAR": pl.String, "DOUBLE": pl.Float64, "INTEGER": pl.Int32, "BOOLEAN": pl.Boolean,
            "JSON": pl.String}
@@ -197,9 +179,9 @@ def write_map_tables(store: Any, result: PhenotypicMap, *, localization: pl.Data
                      extra_info: Mapping[str, Any] | None = None) -> list[str]:
     """Write the map's tables (:data:`MAP_TABLES`) into a screen store, replacing earlier ones.
 
-    Only ``store.write_table(name, frame)`` and ``store.sql`` are used (any object with those works). A
-    ``map_cluster_localization`` table left by an earlier SubCell map is dropped when ``localization`` is
-    None, so the tables always describe one map.
+    Every map table is replaced in one transaction (:meth:`~subcell_screen.store.ScreenStore.write_map_tables`);
+    ``map_cluster_localization`` is emptied when ``localization`` is None, so the tables always describe one
+    map.
 
     Returns
     -------
@@ -207,8 +189,7 @@ def write_map_tables(store: Any, result: PhenotypicMap, *, localization: pl.Data
         Names of the tables written.
     """
     tables = map_tables(result, localization=localization, extra_info=extra_info)
-    for name, frame in tables.items():
-        store.write_table(name, frame)
     if localization is None:
-        store.sql("DROP TABLE IF EXISTS map_cluster_localization")
+        tables = {**tables, "map_cluster_localization": pl.DataFrame(schema=_schema("map_cluster_localization"))}
+    store.write_map_tables(tables)
     return list(tables)

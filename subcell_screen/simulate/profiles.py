@@ -44,7 +44,7 @@ class SimulatedProfiles:
         One row per (plate, well): ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Batch``,
         ``Metadata_perturbation_id``, ``Metadata_control_type``, ``Metadata_moa``, ``Metadata_target``,
         ``Metadata_concentration`` (µM, null for controls), ``Metadata_Count_Cells``, then the raw features
-        ``feature_000`` ... (Float64).
+        ``Cells_Feature_000`` ... (Float64; CellProfiler-style names, so ``features="infer"`` finds them).
     answer_key : polars.DataFrame
         One row per perturbation: ``perturbation_id``, ``moa``, ``is_active``, ``effect_size`` (norm of the
         planted shift at full response, in units of the within-plate noise sd), ``ec50_uM`` (null unless a
@@ -139,7 +139,7 @@ def simulate_well_profiles(
         raise ValueError(f"{needed} wells needed per plate but a {plate_format}-well plate has {len(wells)}; "
                          "lower n_active/n_null/replicates or raise n_plates/plate_format")
 
-    feature_names = [f"feature_{i:03d}" for i in range(n_features)]
+    feature_names = [f"Cells_Feature_{i:03d}" for i in range(n_features)]  # CellProfiler-style: inferred
     base_mean = rng.uniform(50, 500, n_features)  # raw units, unequal scales
     base_sd = rng.uniform(1, 30, n_features)
     loadings = rng.normal(0, 1, (noise_rank, n_features)) / np.sqrt(noise_rank)

@@ -144,6 +144,35 @@ _TABLES = [
           ("protein", "perturbation_id", "class"), "localization class probability shifts (SubCell)"),
 ]
 
+_MAP = "the phenotypic map (subcell_screen.phenomap): "
+_TABLES += [
+    Table("map_info", _cols("key VARCHAR, value JSON"), ("key",), _MAP + "how it was built (feature set, resolutions, ...)"),
+    Table("map_items", _cols("item VARCHAR, perturbation_id VARCHAR, concentration DOUBLE, n_profiles INTEGER, "
+                             "is_control BOOLEAN, active BOOLEAN, activity_p_value DOUBLE, activity_q_value DOUBLE, "
+                             "key JSON, annotations JSON"), ("item",),
+          _MAP + "one row per item (a perturbation, or a perturbation at one dose) and whether it is active"),
+    Table("map_clusters", _cols("item VARCHAR, resolution DOUBLE, level INTEGER, cluster INTEGER"),
+          ("item", "resolution"), _MAP + "each item's cluster at each resolution (nested)"),
+    Table("map_cluster_summary", _cols("resolution DOUBLE, level INTEGER, cluster INTEGER, n_items INTEGER, "
+                                       "parent INTEGER, inactive BOOLEAN, label VARCHAR, label_annotation VARCHAR, "
+                                       "label_q_value DOUBLE, n_significant INTEGER"), ("resolution", "cluster"),
+          _MAP + "clusters: size, parent at the next coarser resolution, label (most specific enriched terms)"),
+    Table("map_coordinates", _cols("item VARCHAR, x DOUBLE, y DOUBLE"), ("item",), _MAP + "2-D layout"),
+    Table("map_enrichment", _cols("resolution DOUBLE, level INTEGER, cluster INTEGER, annotation VARCHAR, "
+                                  "term VARCHAR, n_in_cluster INTEGER, cluster_size INTEGER, n_term INTEGER, "
+                                  "n_items INTEGER, p_value DOUBLE, q_value DOUBLE"),
+          ("resolution", "cluster", "annotation", "term"),
+          _MAP + "hypergeometric enrichment of annotation terms per cluster (BH q over all tests)"),
+    Table("map_neighbours", _cols("item VARCHAR, rank INTEGER, neighbour VARCHAR, similarity DOUBLE, "
+                                  "p_value DOUBLE, q_value DOUBLE"), ("item", "rank"),
+          _MAP + "nearest items by cosine similarity, with p-values against a null"),
+    Table("map_dendrogram", _cols("node INTEGER, item VARCHAR, left_node INTEGER, right_node INTEGER, "
+                                  "height DOUBLE, size INTEGER"), ("node",), _MAP + "the Paris dendrogram"),
+    Table("map_cluster_localization", _cols("resolution DOUBLE, level INTEGER, cluster INTEGER, class_index INTEGER, "
+                                            "class_name VARCHAR, mean_probability DOUBLE, n_items INTEGER"),
+          ("resolution", "cluster", "class_index"), _MAP + "mean SubCell localization probabilities per cluster"),
+]
+
 #: Every table, by name.
 TABLES: Mapping[str, Table] = {t.name: t for t in _TABLES}
 

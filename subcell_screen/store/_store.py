@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from .._errors import StoreError, StoreVersionError
-from ._schema import SCHEMA_VERSION, ddl, polars_type, table
+from ._schema import SCHEMA_VERSION, TABLES, ddl, polars_type, table
 
 __all__ = ["ScreenStore", "SCHEMA_VERSION", "EXAMPLE_QUERIES", "encode_array", "decode_array",
            "write_parquet_atomic", "safe_name", "utc_now", "STAGE_ORDER"]
@@ -840,6 +840,19 @@ class ScreenStore:
                 if df is not None:
                     decl = table(name)
                     self._insert(name, self._typed(name, df.select([c for c in decl.names if c in df.columns])))
+
+    def write_map_tables(self, tables: Mapping[str, pl.DataFrame]) -> None:
+        """Replace the phenotypic map's tables (``map_*``) in one transaction; map tables not given are emptied,
+        so the store always holds one map."""
+        unknown = [n for n in tables if not n.startswith("map_") or n not in TABLES]
+        if unknown:
+            raise StoreError(f"not map tables: {unknown}")
+        typed = {n: self._typed(n, df) for n, df in tables.items()}
+        with self._transaction():
+            for name in (n for n in TABLES if n.startswith("map_")):
+                self.con.execute(f'DELETE FROM "{name}"')
+                if name in typed:
+                    self._insert(name, typed[name])
 
     def well_readouts(self) -> pl.DataFrame:
         """Per-well median of the per-cell protein readouts (``Metadata_Plate``, ``Metadata_Well``,
