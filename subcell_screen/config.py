@@ -39,6 +39,7 @@ __all__ = [
     "EmbeddingSection",
     "ProfilesSection",
     "ScoringSection",
+    "MapSection",
     "ReportSection",
     "RaySection",
     "load_config",
@@ -261,6 +262,27 @@ class ScoringSection(_Section):
         "Default: on when there is a protein channel."))
 
 
+class MapSection(_Section):
+    """``[map]``: the phenotypic map of the perturbations (clusters, layout, enrichment, similar perturbations)."""
+
+    per_dose: bool = Field(default=False, description=(
+        "One item per perturbation and concentration (compound identity becomes an annotation); default one per "
+        "perturbation."))
+    annotations: list[str] | None = Field(default=None, description=(
+        "Metadata_ columns tested for enrichment (default: Metadata_moa and Metadata_target when they hold "
+        "values)."))
+    resolutions: list[float] | None = Field(default=None, description=(
+        "Clustering resolutions, larger = finer (default 0.5, 1, 2, 4, 8); clusters are nested across them."))
+    n_neighbors: int = Field(default=15, gt=0, description="Neighbours per item in the cosine kNN graph.")
+    activity: Literal["auto", "scores", "replicates", "controls", "none"] = Field(default="auto", description=(
+        "Which perturbations are clustered (the others share an 'inactive' cluster): the score stage's hits "
+        "(auto: when scored with 2+ hits), replicate consistency, distance from the controls, or all."))
+    seed: int = Field(default=0, description="Seed of the 2-D layout (the map is reproducible).")
+    attention: bool = Field(default=True, description=(
+        "Overlay SubCell pooler attention on the example cells (SubCell feature sets; weights from the model "
+        "cache)."))
+
+
 class ReportSection(_Section):
     """``[report]``: where reports go."""
 
@@ -323,6 +345,7 @@ class RunConfig(_Section):
         "Cells -> wells -> normalised, selected profiles."))
     scoring: ScoringSection = Field(default=ScoringSection(), description=(
         "Activity, hits, dose response, relocalization."))
+    map: MapSection = Field(default=MapSection(), description="The phenotypic map of the perturbations.")
     report: ReportSection = Field(default=ReportSection(), description="Where reports go and what they show.")
     ray: RaySection = Field(default=RaySection(), description="Scale-out settings (with --engine ray).")
     device: str = Field(default="auto", description=(

@@ -7,6 +7,7 @@
         (local executor, or Ray: subcell_screen.distributed)          ──► store (sites, masks, cells, Parquet)
     per-cell Parquet ──► profiles.build_profile_sets ──► store (raw, normalized, feature_selected, consensus)
     profiles ──► score.score_profiles ──► store (coverage, scores, dose response, relocalization)
+    profiles + scores ──► phenomap.run_map_stage ──► store (map_* tables) + map report
     store ──► report.build_reports (QC + hit reports, HTML)
 
 Every stage builds itself from its config section, reads its inputs from the screen store and writes its
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ._errors import PipelineError
+from ._errors import PipelineError, StoreError
 from .engine import RunPlan, StageResult, feature_set_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,7 +46,7 @@ __all__ = ["STAGES", "RunPlan", "StageResult", "RunResult", "plan_run", "run", "
 logger = logging.getLogger(__name__)
 
 #: Stages in data-flow order; ``run(stages=...)`` takes any subset.
-STAGES: tuple[str, ...] = ("segment", "embed", "profile", "score", "report")
+STAGES: tuple[str, ...] = ("segment", "embed", "profile", "score", "map", "report")
 
 
 @dataclass(frozen=True)
@@ -245,10 +246,16 @@ def run(
             if "score" in stages:
                 results.append(_run_score(store, config, plan, progress=progress))
                 store.update_run_summary(run_id, summary())
+            if "map" in stages:
+                res, map_report = _run_map(store, config, plan)
+                results.append(res)
+                reports += map_report
+                store.update_run_summary(run_id, summary())
             if "report" in stages:
                 # the reports show this run as finished: everything they report on is done
                 store.finish_run(run_id, status="ok", summary=summary())
-                res, reports = _run_report(store, config)
+                res, paths = _run_report(store, config)
+                reports = paths + reports
                 results.append(res)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -345,6 +352,29 @@ def _run_score(store: ScreenStore, config: RunConfig, plan: RunPlan, *, progress
             logger.warning(m)
     n = sum(t is not None for t in (tables.scores, tables.dose_response, tables.relocalization))
     return StageResult("score", ok=n, seconds=time.perf_counter() - t0, messages=tables.messages)
+
+
+def _run_map(store: ScreenStore, config: RunConfig, plan: RunPlan) -> tuple[StageResult, tuple[Path, ...]]:
+    from .phenomap import attention_model, run_map_stage
+
+    t0 = time.perf_counter()
+    sec = config.map
+    model, note = None, "attention overlays off ([map].attention = false)"
+    if sec.attention:
+        if plan.subcell_model is not None:
+            model, note = plan.subcell_model, f"attention overlays from {plan.featurizer}"
+        else:
+            model, note = attention_model(store, embedding=config.embedding, device=plan.device)
+    try:
+        res = run_map_stage(store, out_dir=Path(config.report.out), per_dose=sec.per_dose,
+                            annotations=sec.annotations, resolutions=sec.resolutions, n_neighbors=sec.n_neighbors,
+                            seed=sec.seed, activity=sec.activity, model=model, channel_map=config.channel_map())
+    except (PipelineError, StoreError, ValueError) as exc:  # e.g. too few perturbations or no profiles
+        msg = f"map not computed: {exc}"
+        logger.warning(msg)
+        return StageResult("map", seconds=time.perf_counter() - t0, messages=(msg,)), ()
+    return (StageResult("map", ok=res.map.n_items, seconds=time.perf_counter() - t0,
+                        messages=(*res.messages, note)), (res.report,) if res.report else ())
 
 
 def _run_report(store: ScreenStore, config: RunConfig) -> tuple[StageResult, tuple[Path, ...]]:

@@ -24,7 +24,7 @@ def test_demo_cli_contract_on_the_smoke_plate(tmp_path, capsys):
     with ScreenStore.open(out, read_only=True) as store:
         assert set(store.tables()) == set(TABLES) | set(VIEWS)
     html = sorted(out.glob("**/*.html"))
-    assert {p.name for p in html} == {"qc_report.html", "hit_report.html"}
+    assert {p.name for p in html} == {"qc_report.html", "hit_report.html", "map_report.html"}
     for page in html:
         body = page.read_text()
         assert not re.search(r"(src|href)=\"https?://", body)  # self-contained

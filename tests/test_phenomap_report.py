@@ -40,22 +40,15 @@ def _profiles_store(root: Path) -> dict:
             pl.col("Metadata_concentration").alias("concentration"), pl.col("Metadata_moa").alias("moa"),
             pl.lit("{}").alias("extra"))
         store.replace_rows("wells", wells, keys=["plate", "well"])
-        x = prof.select(feats).to_numpy().astype(np.float32)
-        store.write_table("profiles", prof.select(pl.col("Metadata_Plate").alias("plate"),
-                                                  pl.col("Metadata_Well").alias("well")).with_columns(
-            pl.lit("normalized").alias("profile_set"), pl.lit("classical").alias("feature_set"),
-            pl.lit(300, dtype=pl.Int32).alias("n_cells"),
-            pl.Series("features", x.tolist(), dtype=pl.List(pl.Float32))))
-        store.write_table("profile_features", pl.DataFrame({
-            "profile_set": ["normalized"] * len(feats), "position": list(range(len(feats))), "name": feats},
-            schema_overrides={"position": pl.Int32}))
+        store.write_profiles(prof.with_columns(pl.lit(300).alias("Metadata_Count_Cells")).select(
+            "Metadata_Plate", "Metadata_Well", "Metadata_Count_Cells", *feats), profile_set="normalized",
+            feature_set="classical", final=True)
         store.register_feature_set("classical", kind="classical", feature_names=feats)
         key = sim.answer_key
         hits = key.filter(pl.col("is_active"))["perturbation_id"].to_list()
         scores = key.filter(pl.col("kind") != "negcon").select(
             "perturbation_id", pl.col("perturbation_id").is_in(hits).alias("is_hit")).with_row_index("rank", 1)
         store.write_table("perturbation_scores", scores.with_columns(pl.col("rank").cast(pl.Int32)))
-        store.create_view("scores", "SELECT * FROM perturbation_scores ORDER BY rank")
         run = store.start_run(command="run", config={})
         store.finish_run(run, status="ok", summary={"featurizer": "classical", "segmenter": "classical"})
     return {"store": root, "answer": key, "hits": hits}

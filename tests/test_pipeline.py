@@ -79,7 +79,7 @@ def test_end_to_end_planted_hits_on_top(e2e_screen, e2e_run):
         assert n_cells == sum(s.cells for s in result.stages if s.stage == "segment")
         assert store.sql("SELECT count(*) n FROM sites WHERE status = 'failed'")["n"][0] == 0
     html = {p.name: p.read_text() for p in result.reports}
-    assert set(html) == {"qc_report.html", "hit_report.html"}
+    assert set(html) == {"qc_report.html", "hit_report.html", "map_report.html"}
     assert "vorinostat" in html["hit_report.html"] and "HDAC8" in html["hit_report.html"]
 
 

@@ -54,10 +54,11 @@ def _stage(result, name):
 def test_every_stage_finishes_with_feature_selection(cp12):
     # before the fix: "Conversion Error: Cannot cast array of size 99 to array of size 302" in the profile stage
     cfg, result = cp12
-    assert [s.stage for s in result.stages] == ["segment", "embed", "profile", "score", "report"]
+    assert [s.stage for s in result.stages] == ["segment", "embed", "profile", "score", "map", "report"]
     assert _stage(result, "segment").ok == 12 and _stage(result, "segment").failed == 0
     assert _stage(result, "embed").ok == 12
-    assert all(p.is_file() for p in result.reports) and len(result.reports) == 2
+    assert all(p.is_file() for p in result.reports)
+    assert sorted(p.name for p in result.reports) == ["hit_report.html", "map_report.html", "qc_report.html"]
     with ScreenStore.open(cfg.screen.path, read_only=True) as store:
         sets = store.sql("SELECT * FROM profile_sets ORDER BY profile_set")
         width = dict(zip(sets["profile_set"], sets["n_features"]))
@@ -187,7 +188,7 @@ def test_plate_with_one_imaged_well_goes_on_to_the_report(tmp_path):
     cfg = load_config(rp.example_config(tmp_path, images=images, plates_table=tmp_path / "plates.csv",
                                         embedding=rp.FAST_FEATURES))
     result = run(cfg, progress=False)
-    assert [s.stage for s in result.stages] == ["segment", "embed", "profile", "score", "report"]
+    assert [s.stage for s in result.stages] == ["segment", "embed", "profile", "score", "map", "report"]
     prof = _stage(result, "profile").messages
     assert any("plate P1: 1 negative-control well(s) with profiles among its 1 well(s)" in m for m in prof)
     score = " ".join(_stage(result, "score").messages)

@@ -42,7 +42,14 @@ from ._map import (
     similar,
 )
 from ._similar import NULLS, empirical_p, negcon_null, nonreplicate_null
-from ._stage import STAGE_ACTIVITY, MapStageResult, default_annotations, map_profiles, run_map_stage
+from ._stage import (
+    STAGE_ACTIVITY,
+    MapStageResult,
+    attention_model,
+    default_annotations,
+    map_profiles,
+    run_map_stage,
+)
 from ._tables import MAP_TABLES, cluster_localization, map_tables, write_map_tables
 
 __all__ = [
@@ -81,6 +88,7 @@ __all__ = [
     "write_map_tables",
     "cluster_localization",
     "run_map_stage",
+    "attention_model",
     "MapStageResult",
     "map_profiles",
     "default_annotations",

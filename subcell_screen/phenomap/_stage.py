@@ -1,6 +1,6 @@
 """The map stage end to end on a screen store: well profiles -> map -> tables -> ``map_report.html``.
 
-This is wiring (the pipeline's job); it lives here until the pipeline calls it as a stage. The store is
+The pipeline runs it as its ``map`` stage (and ``subcell-screen map CONFIG`` alone). The store is
 passed in (opened writable by the caller); everything it reads or writes goes through the store's public
 methods and SQL.
 """
@@ -63,14 +63,38 @@ def default_annotations(profiles: pl.DataFrame, *, per_dose: bool) -> list[str]:
     return cols
 
 
-def map_profiles(store: Any, *, profile_set: str = "normalized") -> pl.DataFrame:
-    """The store's well profiles for the map: :func:`subcell_screen.pipeline.read_profiles` without empty wells."""
-    from ..pipeline import read_profiles
-
-    wide = read_profiles(store, profile_set=profile_set)
+def map_profiles(store: Any, *, profile_set: str | None = None) -> pl.DataFrame:
+    """The store's well profiles for the map (:meth:`~subcell_screen.store.ScreenStore.read_profiles`; default the
+    set scoring uses), without empty wells."""
+    wide = store.read_profiles(profile_set=profile_set)
     if "Metadata_control_type" in wide.columns:
         wide = wide.filter(pl.col("Metadata_control_type").is_null() | (pl.col("Metadata_control_type") != "empty"))
     return wide
+
+
+def attention_model(store: Any, *, embedding: Any, device: str = "auto") -> tuple[Any, str]:
+    """The SubCell model of the mapped profiles' feature set, from the local model cache (never downloaded here),
+    for the attention overlays; ``(None, why)`` when there is none.
+
+    Parameters
+    ----------
+    store : ScreenStore
+    embedding : EmbeddingSection
+        ``[embedding]`` (its ``cache_dir``, and the model when the feature set does not record one).
+    device : str
+    """
+    sets = store.sql("SELECT DISTINCT p.feature_set, f.kind, f.model FROM profiles p JOIN feature_sets f "
+                     "USING (feature_set) JOIN profile_sets s USING (profile_set) WHERE s.final")
+    if sets.height != 1 or sets["kind"][0] != "subcell":
+        return None, "the profiles are not SubCell embeddings: no attention overlays"
+    name = sets["model"][0] or embedding.model
+    from ..embed import WeightsError, load_model
+
+    try:
+        model = load_model(name, cache_dir=embedding.cache_dir, offline=True, device=device, precision="fp32")
+    except WeightsError as exc:
+        return None, f"SubCell weights of {name} not in the model cache ({str(exc).splitlines()[0]}): no attention overlays"
+    return model, f"attention overlays from {name}"
 
 
 def _scores(store: Any) -> pl.DataFrame | None:
@@ -137,7 +161,7 @@ def run_map_stage(
     n_neighbors: int = 15,
     seed: int = 0,
     activity: str = "auto",
-    profile_set: str = "normalized",
+    profile_set: str | None = None,
     model: Any = None,
     channel_map: Any = None,
     report: bool = True,
@@ -162,8 +186,8 @@ def run_map_stage(
         Which items are clustered (the others share the inactive cluster): ``scores`` = the score stage's
         hits (``scores.is_hit``); ``auto`` = scores when they exist with at least two hits, else
         ``replicates``; the rest as in :func:`~subcell_screen.phenomap.phenotypic_map`.
-    profile_set : str
-        Profiles to map (``normalized``).
+    profile_set : str, optional
+        Profiles to map (default: the well-level set scoring uses, e.g. ``feature_selected``).
     model : SubCellModel, optional
         A loaded SubCell model: the report overlays its pooler attention on the example cells (SubCell
         feature sets only). Without it the report says the overlays were not computed.
@@ -208,6 +232,8 @@ def run_map_stage(
                             replicate_by=["Metadata_perturbation_id"] if per_dose else None)
     if result.excluded.height:
         messages.append(f"{result.excluded.height} item(s) left out: {result.excluded['item'].head(5).to_list()}")
+    if profile_set is None:
+        profile_set = store.sql("SELECT any_value(profile_set) AS p FROM profile_sets WHERE final")["p"][0]
     feature_set = store.sql("SELECT DISTINCT feature_set FROM profiles WHERE profile_set = ?",
                             [profile_set])["feature_set"].to_list()
     fs = feature_set[0] if len(feature_set) == 1 else None
