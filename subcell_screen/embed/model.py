@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._errors import CheckpointError, ModelError
+from .precision import PrecisionChoice, resolve_precision
 from .registry import Architecture, ModelCard, get_model_card
 
 __all__ = [
@@ -61,10 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
-               "float16": "fp16", "bf16-pure": "bf16-pure"}
-
 
 # ---------------------------------------------------------------------------------------------------------
 # network
@@ -518,8 +515,13 @@ class SubCellModel:
     architecture : Architecture
     device : torch.device
     precision : str
-        ``"fp32"`` (faithful; no TF32) or ``"bf16"`` (autocast: bf16 matmuls/attention, fp32 residual stream,
-        LayerNorm, softmax, pooling and classifier) or ``"fp16"``.
+        What runs: ``"fp32"`` (faithful; no TF32), ``"bf16"`` (autocast: bf16 matmuls/attention, fp32
+        residual stream, LayerNorm, softmax, pooling and classifier), ``"bf16-pure"`` or ``"fp16"``.
+        Constructed with ``precision="auto"``, the device decides (see
+        :func:`~subcell_screen.embed.resolve_precision`).
+    precision_choice : PrecisionChoice
+        The requested and resolved precision, the reason and the hardware it was decided on
+        (``precision_choice.to_dict()`` for run summaries and provenance).
     net : SubCellNet
         The torch module (eval mode, no grad).
     sha256 : dict
@@ -533,15 +535,15 @@ class SubCellModel:
 
     files: Any = None
 
-    def __init__(self, net: SubCellNet, *, card: ModelCard, device: torch.device, precision: str = "fp32",
-                 sha256: Mapping[str, str] | None = None, synthetic: bool = False, compile: bool | str = False
-                 ) -> None:
-        if precision not in _PRECISIONS:
-            raise ModelError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'bf16-pure'")
+    def __init__(self, net: SubCellNet, *, card: ModelCard, device: str | torch.device,
+                 precision: str | PrecisionChoice = "fp32", sha256: Mapping[str, str] | None = None,
+                 synthetic: bool = False, compile: bool | str = False) -> None:
+        device = select_device(device)
+        self.precision_choice = resolve_precision(precision, device)
         self.card = card
         self.architecture = net.arch
         self.device = device
-        self.precision = _PRECISIONS[precision]
+        self.precision = self.precision_choice.precision
         self.net = net.to(device).eval().requires_grad_(False)
         if self.precision == "bf16-pure":
             # encoder and pooler weights and activations in bf16 (residual stream included: less memory traffic
@@ -553,9 +555,6 @@ class SubCellModel:
         self._compiled = None
         if compile:
             self.compile(mode=compile if isinstance(compile, str) else None)
-        if self.precision != "fp32" and device.type == "cpu":
-            logger.info("%s autocast on the CPU is slower than fp32 on most CPUs (no bf16 matrix units)",
-                        self.precision)
         if self.precision == "fp32" and device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
             logger.warning("torch float32 matmul precision is %r (TF32); fp32 results are not faithful",
                            torch.get_float32_matmul_precision())
@@ -586,7 +585,7 @@ class SubCellModel:
     @classmethod
     def from_state_dicts(cls, encoder_sd: Mapping[str, Any], classifier_sds: Sequence[Mapping[str, Any]] = (), *,
                          card: ModelCard | str, architecture: Architecture | None = None,
-                         device: str | torch.device = "auto", precision: str = "fp32",
+                         device: str | torch.device = "auto", precision: str | PrecisionChoice = "fp32",
                          encoder_source: str = "encoder state dict", classifier_sources: Sequence[str] | None = None,
                          sha256: Mapping[str, str] | None = None, synthetic: bool = False,
                          compile: bool | str = False) -> SubCellModel:
@@ -698,7 +697,7 @@ def load_model(
     *,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str | PrecisionChoice = "fp32",
     offline: bool | None = None,
     classifiers: bool = True,
     compile: bool | str = False,
@@ -717,7 +716,10 @@ def load_model(
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:<i>"``.
     precision
-        ``"fp32"`` (faithful) or ``"bf16"`` (fast path).
+        ``"fp32"`` (faithful), ``"bf16"`` (fast path on hardware with native bf16), ``"bf16-pure"``, or
+        ``"auto"``: bf16 on GPUs with bf16 tensor cores and on CPUs with native bf16 matmul (AMX-BF16,
+        AVX512-BF16, Arm BF16), fp32 elsewhere. The choice and its reason are in
+        ``model.precision_choice`` (:func:`~subcell_screen.embed.resolve_precision`).
     offline
         Never download (default ``$SUBCELL_SCREEN_OFFLINE``).
     classifiers
@@ -753,7 +755,7 @@ def load_model(
         encoder_source=str(files.encoder), classifier_sources=[str(p) for p in files.classifiers],
         sha256=files.sha256, synthetic=synthetic, compile=compile)
     model.files = files
-    logger.info("loaded %s on %s (%s)%s", card.name, model.device, model.precision,
+    logger.info("loaded %s on %s, precision %s%s", card.name, model.device, model.precision_choice,
                 " [SYNTHETIC test weights]" if synthetic else "")
     return model
 
