@@ -189,11 +189,6 @@ class Embedder:
     device, precision, compile, cache_dir, offline
         Used when ``model`` is a name (``precision="auto"``: bf16 where the device has native bf16, fp32
         elsewhere; see :func:`~subcell_screen.embed.resolve_precision`). A loaded model keeps its own.
-
-    Attributes
-    ----------
-    precision_choice : PrecisionChoice
-        The model's resolved precision and the reason (for the run summary and provenance).
     num_workers
         Host threads preparing batches (slicing channels, pinning) ahead of the device.
     prefetch
@@ -202,6 +197,11 @@ class Embedder:
         Also return pooler attention maps (slower; not compiled).
     progress
         tqdm progress over cells (None: only on a terminal).
+
+    Attributes
+    ----------
+    precision_choice : PrecisionChoice
+        The model's resolved precision and the reason (for the run summary and provenance).
     """
 
     def __init__(
