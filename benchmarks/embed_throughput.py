@@ -16,7 +16,8 @@ busy box) next to wall-clock cells/s, median and best round (other jobs only eve
   host crops, resized to the model size, normalised, embedded, copied back;
 * ``--compile``: the fp32 and bf16 (and ``--pure``) models under ``torch.compile`` (compile time printed);
 * ``--cpu-paths`` (CPU): the other CPU choices -- attention through SDPA's math backend (unfused, as HF eager)
-  instead of the fused flash kernel, and channels-last input;
+  instead of the fused flash kernel, channels-last input, and bf16 with autocast re-casting the fp32 weights on
+  every forward (what ``precision="bf16"`` did before it kept bf16 weight copies);
 * ``--threads-vs-procs`` (CPU): one process with T intra-op threads vs T worker processes with one thread
   each (T = the cores this process may use), same cells per round, at the first size.
 
@@ -307,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
             for p in ("fp32", "bf16"):
                 variants.append((f"engine {p}, SDPA math backend (unfused)", calls(math_attention(models[p])),
                                  batch * iters))
+            # the pre-issue-24 bf16: autocast re-casting the fp32 weights on every forward
+            recast = SubCellModel(fp32.net, card=card, device=dev, precision="bf16")
+            recast.net = fp32.net
+            variants.append(("engine bf16, weights re-cast every forward", calls(recast.forward_device),
+                             batch * iters))
             xcl = x.contiguous(memory_format=torch.channels_last)
             variants.append(("engine fp32, channels-last input", lambda xcl=xcl: fp32.forward_device(xcl), batch))
         if hf is not None:
