@@ -174,9 +174,12 @@ class EmbeddingSection(_Section):
         "Model weights folder (default: $SUBCELL_SCREEN_MODELS or the user cache)."))
     offline: bool = Field(default=False, description=(
         "Never download weights; fail if they are not in the cache."))
-    precision: Literal["fp32", "bf16", "bf16-pure"] = Field(default="bf16", description=(
-        "fp32: faithful; bf16: autocast with an fp32 residual stream; bf16-pure: bf16 weights and residual "
-        "stream (fastest; cosine to fp32 >= 0.9999 on an H100)."))
+    precision: Literal["auto", "fp32", "bf16", "bf16-pure"] = Field(default="auto", description=(
+        "auto: bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0) and on CPUs with native bf16 "
+        "matmul (AMX-BF16, AVX512-BF16, Arm BF16), fp32 elsewhere (CPUs without it emulate bf16 and run it "
+        "several times slower than fp32; the run summary records the choice and why); fp32: faithful; bf16: "
+        "autocast with an fp32 residual stream; bf16-pure: bf16 weights and residual stream (fastest on GPUs; "
+        "cosine to fp32 >= 0.9999 on an H100)."))
     normalize: Literal["joint", "per_channel"] | None = Field(default=None, description=(
         "Crop min-max normalisation; unset: the model card's (joint, as SubCell was trained). per_channel is "
         "the SubCellPortable 2025 / JUMP recipe. Resolve with subcell_screen.embed.resolve_preprocessing."))

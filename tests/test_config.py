@@ -33,7 +33,7 @@ def test_minimal_config_resolves_paths_relative_to_file(tmp_path):
     assert cfg.images.source == tmp_path / "images"
     assert cfg.plates.table == tmp_path / "plates.csv"
     assert cfg.channels.preset == "hpa" and cfg.channel_map().model_channels == "rybg"
-    assert cfg.segmentation.method == "classical" and cfg.embedding.precision == "bf16"
+    assert cfg.segmentation.method == "classical" and cfg.embedding.precision == "auto"
     assert cfg.illumination_correction() is False
     assert cfg.to_dict()["screen"]["path"] == str(tmp_path / "screens/x")
 

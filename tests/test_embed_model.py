@@ -338,3 +338,32 @@ def test_bf16_pure_close_to_fp32_and_leaves_the_fp32_model_alone(size):
     assert float(cos.min()) >= 0.999, float(cos.min())
     assert float((a.embedding - b.embedding).abs().max()) > 0
     assert b.embedding.dtype == torch.float32 and float((a.probabilities - b.probabilities).abs().max()) < 0.02
+
+
+@pytest.mark.parametrize("size", [128, 144])
+def test_bf16_casts_weights_once_bit_identical_to_per_forward_autocast(size):
+    """precision='bf16' keeps bf16 copies of the matmul weights instead of letting autocast re-cast the fp32
+    weights on every forward (a visible share of a small CPU batch); results must not change by one bit."""
+    card = get_model_card("rybg/ViT-ProtS-Pool")
+    arch = _tiny_arch(card, hidden_size=128, num_heads=2, num_layers=3)
+    enc, clfs = random_public_state_dicts(arch, seed=5)
+    m32 = SubCellModel.from_state_dicts(enc, clfs, card=card, architecture=arch, device="cpu")
+    before = {k: v.clone() for k, v in m32.net.state_dict().items()}
+    m16 = SubCellModel(m32.net, card=card, device=m32.device, precision="bf16")
+    assert m16.net is not m32.net
+    qkv = m16.net.encoder.blocks[0].qkv
+    assert qkv.weight.dtype == torch.bfloat16 and qkv.bias.dtype == torch.bfloat16
+    assert m16.net.encoder.patch_embed.weight.dtype == torch.bfloat16
+    assert m16.net.encoder.norm.weight.dtype == torch.float32  # fp32 residual stream / LayerNorm
+    assert m16.net.encoder.pos_embed.dtype == torch.float32
+    assert m16.net.classifiers[0][0].weight.dtype == torch.float32
+    assert m16.net.encoder.pos_embed is m32.net.encoder.pos_embed  # shared, not copied
+    x = torch.rand(3, 4, size, size, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast on the fp32 weights
+        ref = m32.net(x, True, True)
+    got = m16.forward_device(x, attention=True, hidden_states=True)
+    for a, b in zip((got.embedding, got.probabilities, got.pool_attention, got.cls_attention, got.last_hidden_state),
+                    ref):
+        assert torch.equal(a, b.float())
+    assert all(torch.equal(v, m32.net.state_dict()[k]) for k, v in before.items())  # fp32 model untouched
+    assert not torch.equal(got.embedding, m32(x).embedding)  # bf16 really ran

@@ -15,7 +15,8 @@ Pipeline use: :class:`Embedder` turns :class:`~subcell_screen.crops.CropBatch` s
 :func:`write_embeddings` stores them in a :class:`~subcell_screen.store.ScreenStore`.
 
 Submodules: :mod:`.registry` (model cards), :mod:`.weights` (cache, download, verify), :mod:`.model`
-(network, strict loading), :mod:`.preprocess`, :mod:`.engine`, :mod:`.export`, :mod:`.portable`
+(network, strict loading), :mod:`.precision` (``precision="auto"``: bf16 where the hardware has native
+bf16, fp32 elsewhere), :mod:`.preprocess`, :mod:`.engine`, :mod:`.export`, :mod:`.portable`
 (SubCellPortable-compatible entry), :mod:`.testing` (synthetic checkpoints, HF reference).
 
 Importing this package is cheap: torch is imported when a model, engine or export function is first used.
@@ -36,6 +37,13 @@ _LAZY: dict[str, str] = {
     "SubCellOutput": ".model",
     "SubCellNet": ".model",
     "select_device": ".model",
+    # precision
+    "PrecisionChoice": ".precision",
+    "PrecisionWarning": ".precision",
+    "CpuInfo": ".precision",
+    "CudaInfo": ".precision",
+    "resolve_precision": ".precision",
+    "cpu_info": ".precision",
     # registry
     "ModelCard": ".registry",
     "Architecture": ".registry",
@@ -113,6 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .export import result_table, save_attention_map, write_embeddings, write_h5ad, write_result_csv
     from .model import SubCellModel, SubCellNet, SubCellOutput, load_model, select_device
     from .portable import read_path_list, run_portable
+    from .precision import CpuInfo, CudaInfo, PrecisionChoice, PrecisionWarning, cpu_info, resolve_precision
     from .preprocess import min_max, preprocess, resize_crops
     from .registry import (
         MODEL_CARDS,

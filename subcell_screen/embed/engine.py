@@ -13,8 +13,9 @@ Throughput: consecutive small batches with the same geometry are coalesced into 
 device works; host->device copies are non-blocking, device->host copies go to pinned buffers and are
 collected one forward later, so the device queue never drains between batches. ``precision="bf16"`` runs
 matmuls and attention in bfloat16 (SDPA / flash attention) with an fp32 residual stream; ``"fp32"`` is the
-faithful mode; ``compile=True`` wraps the network in :func:`torch.compile` (batches are then padded to a
-fixed size to avoid recompilation).
+faithful mode; ``"auto"`` (the default) picks bf16 where the device has native bf16 and fp32 elsewhere;
+``compile=True`` wraps the network in :func:`torch.compile` (batches are then padded to a fixed size to
+avoid recompilation; it helps on GPUs, not measurably on CPUs, see ``benchmarks/RESULTS.md``).
 
 Outputs (:class:`EmbeddingResult`, one per input batch, in input order): ``embedding`` (N, 1536 x passes)
 float32, ``probabilities`` (N, 31 x passes) float32 (per pass, mean of classifier sigmoids; None without
@@ -186,7 +187,8 @@ class Embedder:
     batch_size
         Images per forward (a Cell Painting cell is 3 images).
     device, precision, compile, cache_dir, offline
-        Used when ``model`` is a name.
+        Used when ``model`` is a name (``precision="auto"``: bf16 where the device has native bf16, fp32
+        elsewhere; see :func:`~subcell_screen.embed.resolve_precision`). A loaded model keeps its own.
     num_workers
         Host threads preparing batches (slicing channels, pinning) ahead of the device.
     prefetch
@@ -195,6 +197,11 @@ class Embedder:
         Also return pooler attention maps (slower; not compiled).
     progress
         tqdm progress over cells (None: only on a terminal).
+
+    Attributes
+    ----------
+    precision_choice : PrecisionChoice
+        The model's resolved precision and the reason (for the run summary and provenance).
     """
 
     def __init__(
@@ -206,7 +213,7 @@ class Embedder:
         mask: bool = False,
         batch_size: int = 256,
         device: str = "auto",
-        precision: str = "bf16",
+        precision: str = "auto",
         compile: bool | str = False,
         cache_dir: Any = None,
         offline: bool | None = None,
@@ -248,6 +255,11 @@ class Embedder:
     @property
     def n_passes(self) -> int:
         return len(self.channel_map.passes)
+
+    @property
+    def precision_choice(self) -> Any:
+        """The model's :class:`~subcell_screen.embed.PrecisionChoice` (requested, resolved, reason, hardware)."""
+        return self.model.precision_choice
 
     @property
     def embedding_dim(self) -> int:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._errors import CheckpointError, ModelError
+from .precision import PrecisionChoice, resolve_precision
 from .registry import Architecture, ModelCard, get_model_card
 
 __all__ = [
@@ -57,14 +58,11 @@ __all__ = [
     "infer_architecture",
     "convert_checkpoint",
     "load_checkpoint_file",
+    "with_cast_linears",
     "architecture_sidecar",
 ]
 
 logger = logging.getLogger(__name__)
-
-_PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
-               "float16": "fp16", "bf16-pure": "bf16-pure"}
-
 
 # ---------------------------------------------------------------------------------------------------------
 # network
@@ -511,6 +509,27 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def with_cast_linears(net: SubCellNet, dtype: torch.dtype) -> SubCellNet:
+    """A copy of ``net`` whose encoder and pooler matmul weights (linear layers, patch embedding) are ``dtype``.
+
+    Autocast casts these weights to bf16 (fp16) on *every* forward: under ``inference_mode`` it keeps no cast
+    cache, so each call reads the fp32 weights and writes a bf16 copy (85 M parameters for ViT-B) -- on CPUs a
+    visible share of a small batch's time. Casting once gives bit-identical results (the same round-to-nearest
+    conversion) and halves the weight memory. Everything else -- position embeddings, CLS token, LayerNorms
+    (the fp32 residual stream), classifier heads -- is shared with ``net``, which is left unchanged.
+    """
+    casts = set()
+    for prefix, module in (("encoder.", net.encoder), ("pooler.", net.pooler)):
+        for name, sub in module.named_modules():
+            if isinstance(sub, (nn.Linear, PatchEmbed)):
+                casts.update(f"{prefix}{name}.{p}" for p, _ in sub.named_parameters(recurse=False))
+    sd = {k: (v.detach().to(dtype) if k in casts else v) for k, v in net.state_dict(keep_vars=True).items()}
+    with torch.device("meta"):
+        out = SubCellNet(net.arch, n_classifiers=len(net.classifiers))
+    out.load_state_dict(sd, strict=True, assign=True)
+    return out.eval().requires_grad_(False)
+
+
 class SubCellModel:
     """A loaded SubCell model on a device, with a precision policy.
 
@@ -523,8 +542,13 @@ class SubCellModel:
     architecture : Architecture
     device : torch.device
     precision : str
-        ``"fp32"`` (faithful; no TF32) or ``"bf16"`` (autocast: bf16 matmuls/attention, fp32 residual stream,
-        LayerNorm, softmax, pooling and classifier) or ``"fp16"``.
+        What runs: ``"fp32"`` (faithful; no TF32), ``"bf16"`` (autocast: bf16 matmuls/attention, fp32
+        residual stream, LayerNorm, softmax, pooling and classifier), ``"bf16-pure"`` or ``"fp16"``.
+        Constructed with ``precision="auto"``, the device decides (see
+        :func:`~subcell_screen.embed.resolve_precision`).
+    precision_choice : PrecisionChoice
+        The requested and resolved precision, the reason and the hardware it was decided on
+        (``precision_choice.to_dict()`` for run summaries and provenance).
     net : SubCellNet
         The torch module (eval mode, no grad).
     sha256 : dict
@@ -538,29 +562,28 @@ class SubCellModel:
 
     files: Any = None
 
-    def __init__(self, net: SubCellNet, *, card: ModelCard, device: torch.device, precision: str = "fp32",
-                 sha256: Mapping[str, str] | None = None, synthetic: bool = False, compile: bool | str = False
-                 ) -> None:
-        if precision not in _PRECISIONS:
-            raise ModelError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'bf16-pure'")
+    def __init__(self, net: SubCellNet, *, card: ModelCard, device: str | torch.device,
+                 precision: str | PrecisionChoice = "fp32", sha256: Mapping[str, str] | None = None,
+                 synthetic: bool = False, compile: bool | str = False) -> None:
+        device = select_device(device)
+        self.precision_choice = resolve_precision(precision, device)
         self.card = card
         self.architecture = net.arch
         self.device = device
-        self.precision = _PRECISIONS[precision]
+        self.precision = self.precision_choice.precision
         self.net = net.to(device).eval().requires_grad_(False)
         if self.precision == "bf16-pure":
             # encoder and pooler weights and activations in bf16 (residual stream included: less memory traffic
             # than autocast's fp32 residual stream); pooling softmax/weighted sum and classifier stay fp32
             self.net.encoder.to(torch.bfloat16)
             self.net.pooler.to(torch.bfloat16)
+        elif self.precision in ("bf16", "fp16"):
+            self.net = with_cast_linears(self.net, torch.bfloat16 if self.precision == "bf16" else torch.float16)
         self.sha256 = dict(sha256 or {})
         self.synthetic = synthetic
         self._compiled = None
         if compile:
             self.compile(mode=compile if isinstance(compile, str) else None)
-        if self.precision != "fp32" and device.type == "cpu":
-            logger.info("%s autocast on the CPU is slower than fp32 on most CPUs (no bf16 matrix units)",
-                        self.precision)
         if self.precision == "fp32" and device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
             logger.warning("torch float32 matmul precision is %r (TF32); fp32 results are not faithful",
                            torch.get_float32_matmul_precision())
@@ -591,7 +614,7 @@ class SubCellModel:
     @classmethod
     def from_state_dicts(cls, encoder_sd: Mapping[str, Any], classifier_sds: Sequence[Mapping[str, Any]] = (), *,
                          card: ModelCard | str, architecture: Architecture | None = None,
-                         device: str | torch.device = "auto", precision: str = "fp32",
+                         device: str | torch.device = "auto", precision: str | PrecisionChoice = "fp32",
                          encoder_source: str = "encoder state dict", classifier_sources: Sequence[str] | None = None,
                          sha256: Mapping[str, str] | None = None, synthetic: bool = False,
                          compile: bool | str = False) -> SubCellModel:
@@ -703,7 +726,7 @@ def load_model(
     *,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str | PrecisionChoice = "fp32",
     offline: bool | None = None,
     classifiers: bool = True,
     compile: bool | str = False,
@@ -722,7 +745,10 @@ def load_model(
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:<i>"``.
     precision
-        ``"fp32"`` (faithful) or ``"bf16"`` (fast path).
+        ``"fp32"`` (faithful), ``"bf16"`` (fast path on hardware with native bf16), ``"bf16-pure"``, or
+        ``"auto"``: bf16 on GPUs with bf16 tensor cores and on CPUs with native bf16 matmul (AMX-BF16,
+        AVX512-BF16, Arm BF16), fp32 elsewhere. The choice and its reason are in
+        ``model.precision_choice`` (:func:`~subcell_screen.embed.resolve_precision`).
     offline
         Never download (default ``$SUBCELL_SCREEN_OFFLINE``).
     classifiers
@@ -757,7 +783,7 @@ def load_model(
         encoder_source=str(files.encoder), classifier_sources=[str(p) for p in files.classifiers],
         sha256=files.sha256, synthetic=synthetic, compile=compile)
     model.files = files
-    logger.info("loaded %s on %s (%s)%s", card.name, model.device, model.precision,
+    logger.info("loaded %s on %s, precision %s%s", card.name, model.device, model.precision_choice,
                 " [SYNTHETIC test weights]" if synthetic else "")
     return model
 
