@@ -139,10 +139,8 @@ def plan_run(config: RunConfig, *, stages: Sequence[str] = STAGES, load_models: 
                                  "against a published SHA-256)")
                 choice = getattr(subcell_model, "precision_choice", None)
                 if choice is not None:
-                    models["subcell"]["precision"] = {"precision": str(getattr(choice, "precision", choice)),
-                                                      "reason": str(getattr(choice, "reason", ""))}
-                    notes.append(f"precision:  {getattr(choice, 'precision', choice)} "
-                                 f"({getattr(choice, 'reason', '')})")
+                    models["subcell"]["precision"] = choice.to_dict()
+                    notes.append(f"precision:  {choice}")
     return RunPlan(device=device, segmenter=segmenter, featurizer=featurizer,
                    feature_set=feature_set_name(featurizer), fallbacks=tuple(fallbacks), models=models,
                    notes=tuple(notes), cellpose_model=cellpose_model, subcell_model=subcell_model)

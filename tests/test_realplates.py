@@ -239,6 +239,15 @@ def test_subcell_embeddings_on_real_pixels(tmp_path):
         n_cells = store.sql("SELECT count(*) AS n FROM cells")["n"][0]
         sets = dict(store.sql("SELECT profile_set, n_features FROM profile_sets").rows())
     assert fs["kind"] == "subcell" and fs["feature_names"][0].startswith("Mito_")
+    # provenance: the precision chosen and why, and weights without a published hash marked unverified
+    params = json.loads(fs["parameters"]) if isinstance(fs["parameters"], str) else fs["parameters"]
+    assert params["precision"] == "fp32" and params["precision_choice"]["requested"] == "fp32"
+    weights = result.plan.models["subcell"]["weights"]
+    assert weights["verified"] is False and weights["unverified"]
+    assert any(line.startswith("weights: UNVERIFIED") for line in result.plan.lines())
+    with ScreenStore.open(cfg.screen.path, read_only=True) as store:
+        run_row = store.sql("SELECT models, summary FROM runs").row(0, named=True)
+    assert '"verified": false' in run_row["models"] and "UNVERIFIED" in run_row["summary"]
     assert cells.height == n_cells > 40
     assert sets["raw"] == fs["n_features"] and sets["feature_selected"] < sets["raw"]
 

@@ -107,9 +107,10 @@ class SubcellSiteFeatures:
         """Preprocessing recorded with the feature set."""
         sec = self.section
         emb = self.embedder
+        choice = getattr(emb, "precision_choice", None)
         return {"crop_size": sec.crop_size, "normalize": getattr(emb, "normalize", sec.normalize),
-                "mask": sec.mask, "precision": str(getattr(emb, "precision", sec.precision)),
-                "precision_choice": _jsonable(getattr(emb, "precision_choice", None)),
+                "mask": sec.mask, "precision": choice.precision if choice is not None else sec.precision,
+                "precision_choice": choice.to_dict() if choice is not None else None,
                 "target_pixel_size_um": sec.target_pixel_size_um}
 
     def write_many(self, store: Any, keys: Sequence[tuple[str, str, int]], channel_names: Sequence[str],
@@ -126,14 +127,3 @@ class SubcellSiteFeatures:
         write_embeddings(store, results, feature_set=self.feature_set, dtype=self.section.store_dtype,
                          model=self.section.model, model_sha256=sha, parameters=self.parameters(),
                          sites=[k for k, out in zip(keys, outputs) if out])
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None:
-        return None
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return {k: (str(v) if not isinstance(v, int | float | bool | str | type(None)) else v)
-                for k, v in asdict(value).items()}
-    return str(value)
