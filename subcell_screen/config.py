@@ -44,6 +44,7 @@ __all__ = [
     "RaySection",
     "load_config",
     "config_from_dict",
+    "config_reference",
 ]
 
 
@@ -387,6 +388,30 @@ class RunConfig(_Section):
         """JSON-able dict (paths as strings), for provenance in the store."""
         return self.model_dump(mode="json")
 
+    def to_toml(self) -> str:
+        """The config as TOML text (absolute paths; unset keys left out): ``load_config`` reads it back."""
+
+        def value(v: Any) -> str:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, int | float):
+                return repr(v)
+            if isinstance(v, str):
+                return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            if isinstance(v, dict):
+                return "{ " + ", ".join(f"{value(str(k))} = {value(x)}" for k, x in v.items()) + " }"
+            if isinstance(v, list):
+                return "[" + ", ".join(value(x) for x in v) + "]"
+            raise TypeError(f"cannot write {v!r} as TOML")
+
+        data = self.model_dump(mode="json", exclude_none=True)
+        lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+        for section, values in data.items():
+            if isinstance(values, dict):
+                lines.append(f"\n[{section}]")
+                lines += [f"{k} = {value(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the known path keys absolute relative to ``base`` (the config file's folder)."""
@@ -481,3 +506,106 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     cfg = config_from_dict(data, base_dir=path.resolve().parent, source=str(path))
     return cfg.model_copy(update={"source_file": path.resolve()})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference (generated from the models above; docs/config-reference.md is this text)
+
+
+def _type_text(annotation: Any) -> str:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) if isinstance(a, str) else str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        text = " or ".join(_type_text(a) for a in inner)
+        return f"{text} (optional)" if len(inner) < len(args) else text
+    if origin in (list, tuple):
+        return f"list of {_type_text(args[0])}" if args else "list"
+    if origin is dict:
+        return f"table of {_type_text(args[0])} -> {_type_text(args[1])}" if args else "table"
+    if annotation is Path:
+        return "path"
+    return {str: "string", int: "integer", float: "number", bool: "true/false"}.get(annotation, str(annotation))
+
+
+def _default_text(info: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if info.is_required():
+        return "(required)"
+    if info.default_factory is not None:
+        value = info.default_factory()
+    else:
+        value = info.default
+    if value is PydanticUndefined:
+        return "(required)"
+    if isinstance(value, BaseModel):
+        return ""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | Path):
+        return f'"{value}"'
+    return str(value).replace("'", '"')
+
+
+def config_reference(*, section: str | None = None, markdown: bool = True) -> str:
+    """Every key of a run config: type, default, allowed values and one line of meaning.
+
+    Generated from the config models, so it is always complete; ``docs/config-reference.md`` is its Markdown
+    and ``subcell-screen config`` prints it.
+
+    Parameters
+    ----------
+    section
+        Only this section (``images``, ``embedding``, ...; ``top`` for the top-level keys).
+    markdown
+        Markdown tables (else plain text for a terminal).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown section, listing the sections.
+    """
+    sections = {name: info.annotation for name, info in RunConfig.model_fields.items()
+                if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)}
+    top = {name: info for name, info in RunConfig.model_fields.items()
+           if name not in sections and not info.exclude}
+    if section is not None and section not in sections and section != "top":
+        raise ConfigError(f"unknown config section {section!r}; sections: top, {', '.join(sections)}")
+    parts: list[str] = []
+    if markdown and section is None:
+        parts.append("# Run configuration reference\n\nGenerated from `subcell_screen/config.py` "
+                     "(`subcell-screen config` prints it; a test keeps this file in sync). A run config is a TOML "
+                     "file; relative paths are relative to the file's folder; unknown keys are refused.\n")
+
+    def emit(title: str, doc: str, fields: dict[str, Any]) -> None:
+        if markdown:
+            parts.append(f"## {title}\n\n{doc}\n\n| key | type | default | meaning |\n|---|---|---|---|")
+            for name, info in fields.items():
+                parts.append(f"| `{name}` | {_type_text(info.annotation)} | {_default_text(info)} | "
+                             f"{(info.description or '').replace('|', '/')} |")
+            parts.append("")
+        else:
+            parts.append(f"{title}  {doc}")
+            for name, info in fields.items():
+                default = _default_text(info)
+                parts.append(f"  {name} = {default or '...'}    ({_type_text(info.annotation)})")
+                parts.append(f"      {info.description or ''}")
+            parts.append("")
+
+    if section in (None, "top"):
+        emit("top-level keys", "Keys outside any section.", top)
+    for name, model in sections.items():
+        if section in (None, name):
+            import re
+
+            doc = re.sub(r"^``\[\w+\]``:\s*", "", (model.__doc__ or "").strip().splitlines()[0])
+            emit(f"[{name}]", doc[:1].upper() + doc[1:], dict(model.model_fields))
+    return "\n".join(parts).rstrip() + "\n"

@@ -111,6 +111,10 @@ def demo_config(out: str | Path, *, seed: int = 0, progress: bool | None = None,
         "embedding": cfg.embedding.model_copy(update={
             "featurizer": featurizer, "classical_families": ["shape", "intensity", "correlation", "radial"]}),
     })
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.toml").write_text("# The demo's run config (written by `subcell-screen demo`): rerun any stage with\n"
+                                   f"#   subcell-screen run {out / 'demo.toml'} --stages score,map,report\n"
+                                   + cfg.to_toml())
     return cfg, sim
 
 
