@@ -8,9 +8,8 @@ import sys
 
 import numpy as np
 import polars as pl
-import pytest
-
 import realplates as rp
+
 from subcell_screen.cli import main
 from subcell_screen.config import config_reference, load_config
 from subcell_screen.store import ScreenStore

@@ -27,7 +27,8 @@ def export(config: Path, level: str, fmt: str | None, out: Path, profile_set: st
     """Write one level of the screen described by CONFIG as a table pycytominer and CellProfiler users load as
     it is (Metadata_* columns, then named features)."""
     from ..config import load_config
-    from ..export import export as write, export_masks
+    from ..export import export as write
+    from ..export import export_masks
     from ..store import ScreenStore
 
     cfg = load_config(config)
