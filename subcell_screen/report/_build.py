@@ -190,9 +190,10 @@ def _illumination(store: ScreenStore, page: Page, plate: str | None, *, max_plat
     page.use_query("illumination_functions")
     fig = plots.illumination_functions(functions)
     page.figure(fig, name="illumination_functions",
-                caption="Illumination function of each plate (row) and channel (column) on one colour scale: the "
-                        "factor (≥ 1) each pixel is divided by; bright = pixels that were brighter than the "
-                        "dimmest part of the field (e.g. the centre of a vignetted field)." + note)
+                caption="Illumination function of each plate (row) and channel (column): the factor (≥ 1) each "
+                        "pixel is divided by, one colour scale per channel (below it) shared by the plates; bright "
+                        "= pixels that were brighter than the dimmest part of the field (e.g. the centre of a "
+                        "vignetted field)." + note)
 
 
 def _cell_counts(store: ScreenStore, page: Page, plate: str | None, formats: dict[str, int], *,
