@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -40,6 +41,21 @@ CHANNELS = ("microtubules", "er", "nucleus", "protein")
 SIZE = 96  # px per site side
 PIXEL_UM = 0.5
 FALLBACK = "SubCell weights not found: used classical features"
+SCREEN_NAME = "Fixture screen (HDAC8 relocalization)"
+#: A systematic name with no space to break at: the hit table must wrap it, not widen the page.
+LONG_NAME = "N1-hydroxy-N8-phenyloctanediamide-(2E,4E)-7-[4-(dimethylamino)phenyl]-N-hydroxy-4,6-dimethylhepta"
+
+
+def _name_of(pid: str) -> str | None:
+    """The fixture's perturbation names: one long name, one name shared by two ids, one id without a name."""
+    return {"active_01": LONG_NAME, "null_00": "shared name", "null_01": "shared name", "null_02": None}.get(
+        pid, f"compound {pid}")
+
+
+#: Relocalization effect sizes and q-values of the ratio readout (one per active, in id order): the significant
+#: rows are not in effect-size order when sorted by q, so the report's ranking is seen.
+RATIO_EFFECT = [-0.3, -1.2, 0.8, -0.5, 0.1, 0.05, 0.02, -0.9]
+RATIO_Q = [1e-4, 2e-3, 1e-2, 3e-2, 0.2, 0.5, 0.9, 0.07]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -142,7 +158,8 @@ def _build_screen(root: Path) -> dict:
         wells = prof.select(
             pl.col("Metadata_Plate").alias("plate"), pl.col("Metadata_Well").alias("well"),
             pl.col("Metadata_perturbation_id").alias("perturbation_id"),
-            ("compound " + pl.col("Metadata_perturbation_id")).alias("perturbation_name"),
+            pl.col("Metadata_perturbation_id").map_elements(_name_of, return_dtype=pl.String)
+            .alias("perturbation_name"),
             pl.lit("compound").alias("perturbation_type"), pl.col("Metadata_control_type").alias("control_type"),
             pl.col("Metadata_concentration").alias("concentration"),
             pl.when(pl.col("Metadata_concentration").is_not_null()).then(pl.lit("uM")).otherwise(None)
@@ -153,7 +170,9 @@ def _build_screen(root: Path) -> dict:
         store.replace_rows("wells", wells, keys=["plate", "well"])
 
         # sites, images, masks, cells, site QC
-        run_id = store.start_run(command="run", config={"screen": "fixture"})
+        run_id = store.start_run(command="run segment,embed,profile,score,report",
+                                 config={"screen": {"path": str(store_dir), "name": SCREEN_NAME}},
+                                 parameters={"stages": ["segment", "embed", "profile", "score", "report"]})
         failed = (plates[1], prof.filter(pl.col("Metadata_Plate") == plates[1])["Metadata_Well"][5], 1)
         blurred = (plates[0], prof.filter(pl.col("Metadata_Plate") == plates[0])["Metadata_Well"][3], 1)
         saturated = (plates[0], prof.filter(pl.col("Metadata_Plate") == plates[0])["Metadata_Well"][7], 1)
@@ -275,7 +294,7 @@ def _build_screen(root: Path) -> dict:
             norms = np.linalg.norm(norm[sel], axis=1) / np.sqrt(norm.shape[1])
             ci = 1.96 * norms.std(ddof=1) / np.sqrt(sel.sum())
             ccf = float(np.mean(np.asarray(n_cells)[sel]) / neg_cells)
-            score_rows.append({"perturbation_id": pid, "perturbation_name": f"compound {pid}",
+            score_rows.append({"perturbation_id": pid, "perturbation_name": _name_of(pid),
                                "control_type": "poscon" if pid in poscons else None, "n_wells": int(sel.sum()),
                                "mean_average_precision": m_ap, "p_value": p, "effect_size": float(norms.mean()),
                                "effect_ci_low": float(norms.mean() - ci), "effect_ci_high": float(norms.mean() + ci),
@@ -324,20 +343,49 @@ def _build_screen(root: Path) -> dict:
             "reason": pl.String, "concentration_unit": pl.String, "n_doses": pl.Int32}))
         store.write_table("dose_points", pl.DataFrame(dp_rows))
 
-        # relocalization calls of the planted nuclear translocation
+        # relocalization calls of the planted nuclear translocation, through the three readouts; the feature set
+        # is classical, so only the ratio readout applies (probabilities and embedding need SubCell)
         actives = [p for p in pert_ids if p.startswith("active")]
-        rel = pl.DataFrame({
-            "protein": ["HDAC8"] * len(actives), "perturbation_id": actives,
-            "readout": ["subcell_probabilities"] * len(actives), "from_class": ["Cytosol"] * len(actives),
-            "to_class": ["Nucleoplasm"] * len(actives),
-            "effect_size": np.linspace(2.0, 0.5, len(actives)), "p_value": np.geomspace(1e-6, 0.2, len(actives)),
-            "q_value": np.geomspace(1e-5, 0.4, len(actives))})
+        k = len(actives)
+        rel = pl.concat([
+            pl.DataFrame({"protein": ["HDAC8"] * k, "perturbation_id": actives, "readout": ["probabilities"] * k,
+                          "from_class": ["Cytosol"] * k, "to_class": ["Nucleoplasm"] * k,
+                          "effect_size": np.linspace(0.6, 0.1, k), "p_value": np.geomspace(1e-6, 0.2, k),
+                          "q_value": np.geomspace(1e-5, 0.4, k)}),
+            pl.DataFrame({"protein": ["HDAC8"] * k, "perturbation_id": actives, "readout": ["embedding"] * k,
+                          "from_class": ["Cytosol"] * k, "to_class": ["Nucleoplasm"] * k,
+                          "effect_size": np.linspace(0.2, -0.1, k), "p_value": np.linspace(0.9, 1.0, k),
+                          "q_value": [1.0] * k}),
+            pl.DataFrame({"protein": ["HDAC8"] * k, "perturbation_id": actives, "readout": ["nuc_cyto_ratio"] * k,
+                          "from_class": ["Nucleus" if e < 0 else "Cytoplasm" for e in RATIO_EFFECT],
+                          "to_class": ["Cytoplasm" if e < 0 else "Nucleus" for e in RATIO_EFFECT],
+                          "effect_size": RATIO_EFFECT, "p_value": [q / 2 for q in RATIO_Q], "q_value": RATIO_Q})])
         store.write_table("relocalization_results", rel)
+
+        # illumination functions: a centred vignette per plate and channel (brighter channels more uneven)
+        yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+        r2 = ((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2) / (SIZE / 2) ** 2
+        illum = {}
+        for i, plate in enumerate(plates):
+            funcs = {c: (1.0 + (0.1 + 0.1 * j + 0.05 * i) * np.clip(1 - r2, 0, 1)).astype(np.float32)
+                     for j, c in enumerate(CHANNELS)}
+            recipe = {"version": 1, "method": "median", "n_sites": 40 + i, "n_failed": 0, "n_excluded": i,
+                      "downsample": 1, "filter": "gaussian", "sigma_px": 4.8, "robust_percentile": 2.0}
+            store.write_illumination(plate, funcs, recipe=recipe)
+            illum[plate] = (funcs, recipe)
+        key["illumination"] = illum
         store.finish_run(run_id, status="ok", summary={
             "featurizer": "classical", "segmenter": "classical", "fallbacks": [FALLBACK],
             "sites_ok": len(site_rows) - 1, "sites_failed": 1})
-        later = store.start_run(command="report")  # a later run without featurizer info
-        store.finish_run(later, status="ok", summary={"reports": 2})
+        # a later report-only run, recorded as the pipeline records one: its summary names the configured
+        # featurizer (no model was loaded, no fallback could be seen), so the banner must not take it
+        later = store.start_run(command="run report", config={"screen": {"path": str(store_dir),
+                                                                         "name": SCREEN_NAME}},
+                                parameters={"stages": ["report"]},
+                                summary={"featurizer": "subcell:rybg/MAE-CellS-ProtS-Pool", "segmenter": "classical",
+                                         "fallbacks": []})
+        store.finish_run(later, status="ok", summary={"featurizer": "subcell:rybg/MAE-CellS-ProtS-Pool",
+                                                      "segmenter": "classical", "fallbacks": [], "reports": 2})
         key["run_id"] = run_id
 
         # the phenotypic map of the normalised profiles (map_* tables), with made-up class probabilities
@@ -380,7 +428,11 @@ class _Tables(HTMLParser):
         self.tables: dict[str, list[dict[str, str]]] = {}
         self.values: dict[tuple[str, str], str] = {}
         self.imgs: list[dict[str, str]] = []
+        self.titles: dict[str, dict[str, str]] = {}  # query -> column -> header tooltip
+        self.captions: dict[str, list[str]] = {}  # query -> caption texts
         self.scripts = 0
+        self._caption: list[str] | None = None
+        self._caption_of: str | None = None
         self._table: str | None = None
         self._row: dict[str, str] | None = None
         self._cell: str | None = None
@@ -396,6 +448,10 @@ class _Tables(HTMLParser):
         elif tag == "table" and "data-query" in a:
             self._table = a["data-query"]
             self.tables.setdefault(self._table, [])
+        elif tag == "th" and self._table and "data-col" in a:
+            self.titles.setdefault(self._table, {})[a["data-col"]] = a.get("title", "")
+        elif tag == "p" and a.get("class") == "table-caption":
+            self._caption, self._caption_of = [], a.get("data-query")
         elif tag == "tr" and self._table:
             self._row = {}
         elif tag == "td" and self._row is not None:
@@ -410,6 +466,9 @@ class _Tables(HTMLParser):
         elif tag == "tr" and self._row:
             self.tables[self._table].append(self._row)
             self._row = None
+        elif tag == "p" and self._caption is not None:
+            self.captions.setdefault(self._caption_of, []).append("".join(self._caption))
+            self._caption = None
         elif tag == "table":
             self._table = None
         elif tag in ("span", "dd", "div") and self._value is not None:
@@ -419,6 +478,8 @@ class _Tables(HTMLParser):
     def handle_data(self, data):
         if self._cell is not None or self._value is not None:
             self._text.append(data)
+        if self._caption is not None:
+            self._caption.append(data)
 
 
 def _parse(path: Path) -> _Tables:
@@ -432,8 +493,11 @@ def _num(text: str) -> float:
 
 
 def _close(text: str, value: float) -> bool:
-    """Displayed text equals value to the 4 significant digits shown."""
-    return abs(_num(text) - value) <= 1e-3 * abs(value) + 1e-12
+    """Displayed text equals value to the digits shown (half a unit of the last digit shown)."""
+    mantissa, _, exponent = text.replace(",", "").lower().partition("e")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    half_unit = 0.5 * 10.0 ** (-decimals) * 10.0 ** (int(exponent) if exponent else 0)
+    return abs(_num(text) - value) <= half_unit * (1 + 1e-9) + 1e-15
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -638,7 +702,6 @@ def test_hit_report_shows_sql_numbers(screen, reports):
         top = store.sql("SELECT * FROM scores ORDER BY rank LIMIT 15")
         ec50 = store.sql("SELECT perturbation_id, ec50 FROM dose_response WHERE status = 'fit'")
         n_hits = store.sql("SELECT count(*) AS n FROM scores WHERE is_hit")["n"].item()
-        reloc = store.sql("SELECT * FROM relocalization ORDER BY q_value")
     rows = page.tables["ranked_hits_ec50"]
     assert [r["perturbation_id"] for r in rows] == top["perturbation_id"].to_list()
     assert _close(rows[0]["mean_average_precision"], top["mean_average_precision"][0])
@@ -654,10 +717,6 @@ def test_hit_report_shows_sql_numbers(screen, reports):
         assert _close(fit["ec50"], value)
     nofit = [r for r in page.tables["dose_response_fits"] if r["status"] == "no fit"]
     assert nofit and nofit[0]["reason"] == "fewer than 4 concentrations"
-    rel = page.tables["relocalization"]
-    assert len(rel) == reloc.height
-    assert (rel[0]["from_class"], rel[0]["to_class"]) == ("Cytosol", "Nucleoplasm")
-    assert _close(rel[0]["q_value"], reloc["q_value"][0])
     # the gallery shows cells of the top hits and negcon cells, all from the queries
     cells = page.tables["gallery_cells"]
     hit_ids = top.filter(pl.col("is_hit") & pl.col("control_type").is_null())["perturbation_id"].head(4).to_list()
@@ -666,6 +725,189 @@ def test_hit_report_shows_sql_numbers(screen, reports):
     html = reports["hits"].read_text()
     assert "not computed" not in html.lower() and "Image not readable" not in html
     assert FALLBACK in page.values[("run_banner", "fallbacks")]
+
+
+def test_banner_and_title_show_the_finished_run_and_the_screen_name(screen, reports):
+    """The banner shows the run that made the data, finished, even when a later report-only run recorded the
+    configured (not the used) featurizer; the title is [screen].name."""
+    for key in ("qc", "hits"):
+        page = _parse(reports[key])
+        assert page.values[("run_banner", "run_id")] == screen["run_id"]
+        assert page.values[("run_banner", "status")] == "ok"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", page.values[("run_banner", "finished_at")])
+        assert page.values[("run_banner", "featurizer")] == "classical"  # not the later run's "subcell:..."
+        html = reports[key].read_text()
+        title = ("QC report" if key == "qc" else "Hit report") + f" — {SCREEN_NAME}"
+        assert f"<title>{title}</title>" in html and f"<h1>{title}</h1>" in html
+        assert 'id="query-screen_name"' in html
+
+
+def test_title_falls_back_to_the_folder_name(tmp_path):
+    with ScreenStore.create(tmp_path / "my_screen") as store:
+        run = store.start_run(command="run", config={"screen": {"path": "x", "name": "  "}})
+        store.finish_run(run)
+    html = build_hit_report(tmp_path / "my_screen", tmp_path / "out").read_text()
+    assert "<title>Hit report — my_screen</title>" in html
+
+
+def test_perturbation_labels_query(tmp_path):
+    with ScreenStore.create(tmp_path / "labels") as store:
+        store.replace_rows("wells", pl.DataFrame({
+            "plate": ["P"] * 6, "well": ["A01", "A02", "A03", "A04", "A05", "A06"],
+            "perturbation_id": ["a", "b", "c", "d", "d", "e"],
+            "perturbation_name": ["vorinostat", "dup", "dup", "x", "y", " "]}), keys=["plate", "well"])
+        labels = run_query(store, "perturbation_labels")
+    assert dict(zip(labels["perturbation_id"], labels["label"])) == {
+        "a": "vorinostat", "b": "dup (b)", "c": "dup (c)", "d": "x (d)", "e": "e"}
+
+
+def test_perturbation_names_in_plots_tables_and_gallery(screen, tmp_path, monkeypatch):
+    """Plots and galleries name perturbations (name; "name (id)" where a name is shared; the id without one)."""
+    from subcell_screen.report import plots
+
+    seen = {}
+
+    def spy(name):
+        real = getattr(plots, name)
+
+        def wrapper(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in ("hit_ranking", "dose_response_curves", "relocalization_bars", "cell_gallery"):
+        monkeypatch.setattr(plots, name, spy(name))
+    with ScreenStore.open(screen["store"], read_only=True) as store:
+        path = build_hit_report(store, tmp_path, top=15)
+        scores = store.sql("SELECT perturbation_id, rank FROM scores ORDER BY rank")
+    (frame,), kw = seen["hit_ranking"]
+    assert kw["label"] == "label"
+    labels = dict(zip(frame["perturbation_id"], frame[kw["label"]]))
+    assert labels["active_01"] == LONG_NAME and labels["active_00"] == "compound active_00"
+    assert labels["null_00"] == "shared name (null_00)" and labels["null_01"] == "shared name (null_01)"
+    assert labels["null_02"] == "null_02"  # no name in the layout
+    _, kw = seen["dose_response_curves"]
+    assert kw["titles"]["dose_00"] == "compound dose_00"
+    (frame,), kw = seen["relocalization_bars"]
+    assert set(frame[kw["label"]]) == {_name_of(p) for p in frame["perturbation_id"]}
+    _, kw = seen["cell_gallery"]
+    rank = dict(scores.iter_rows())
+    expected = [f"#{rank[p]} {_name_of(p)}" for p in scores["perturbation_id"]
+                if p.startswith(("active", "dose")) and p not in screen["poscons"]][:4]
+    assert kw["row_labels"] == expected and any(LONG_NAME in s for s in expected)
+    page = _parse(path)
+    assert [r["perturbation_name"] for r in page.tables["dose_response_fits"] if r["perturbation_id"] == "dose_00"] \
+        == ["compound dose_00"]
+    assert {r["perturbation_name"] for r in page.tables["relocalization"]} >= {LONG_NAME, "compound active_00"}
+
+
+def test_effect_size_says_what_it_is_and_numbers_are_formatted_consistently(reports):
+    page = _parse(reports["hits"])
+    tips = page.titles["ranked_hits_ec50"]
+    assert set(tips) == set(page.tables["ranked_hits_ec50"][0])
+    assert all(tips.values()), [c for c, v in tips.items() if not v]  # every column says what it is
+    for phrase in ("negative controls", "debiased", "standard deviation"):
+        assert phrase in tips["effect_size"]
+        assert phrase in page.captions["ranked_hits_ec50"][0]
+    assert "95% bootstrap" in tips["effect_ci_low"] and "Benjamini-Hochberg" in tips["corrected_p_value"]
+    rel_tip = page.titles["relocalization"]["effect_size"]
+    assert "0.5·Σ|Δp|" in rel_tip and "nuc_cyto_ratio" in rel_tip
+    # one format per column kind, in every row
+    sig3 = re.compile(r"-?(0\.0*[1-9]\d\d|[1-9]\.\d\d|[1-9]\d\.\d|[1-9]\d\d+|0)")
+    sci = re.compile(r"-?[1-9]\.\d\de[-+]\d\d")
+    for r in page.tables["ranked_hits_ec50"]:
+        for c in ("p_value", "corrected_p_value"):
+            v = r[c]
+            assert (sci.fullmatch(v) and float(v) < 1e-3) or (sig3.fullmatch(v) and float(v) >= 1e-3), (c, v)
+        for c in ("effect_size", "effect_ci_low", "effect_ci_high", "mean_average_precision"):
+            assert sig3.fullmatch(r[c]) or sci.fullmatch(r[c]), (c, r[c])
+        assert re.fullmatch(r"\d\.\d\d", r["cell_count_fraction"]), r["cell_count_fraction"]
+        assert re.fullmatch(r"\d+", r["n_wells"]) and re.fullmatch(r"\d+", r["rank"])
+        assert r["ec50"] == "—" or sig3.fullmatch(r["ec50"]), r["ec50"]
+
+
+def test_docs_describe_every_report_section_and_hit_column(reports):
+    doc = (REPO / "docs" / "reports.md").read_text()
+    page = _parse(reports["hits"])
+    for column in page.tables["ranked_hits_ec50"][0]:
+        assert f"`{column}`" in doc, column
+    for key in ("qc", "hits"):
+        for title in re.findall(r'<li><a href="#[^"]+">([^<]+)</a></li>', reports[key].read_text()):
+            assert title in doc, title
+    assert "standard deviation" in doc and r"0.5·Σ\|Δp\|" in doc  # (pipes escaped in the Markdown table)
+
+
+def test_relocalization_ranked_by_effect_and_only_readouts_that_apply(screen, reports, tmp_path):
+    page = _parse(reports["hits"])
+    rel = page.tables["relocalization"]
+    # a classical run: the SubCell readouts (probabilities, embedding) are left out, and the page says so
+    assert {r["readout"] for r in rel} == {"nuc_cyto_ratio"}
+    html = reports["hits"].read_text()
+    assert "16 row(s) of the embedding, probabilities readout(s) are not listed" in html
+    # significant rows (q < 0.05) first by |effect size|, then the others by q
+    actives = sorted(p for p in screen["answer"]["perturbation_id"].to_list() if p.startswith("active"))
+    rows = sorted(zip(actives, RATIO_EFFECT, RATIO_Q), key=lambda x: (x[2] >= 0.05, -abs(x[1]) if x[2] < 0.05
+                                                                          else 0, x[2]))
+    assert [r["perturbation_id"] for r in rel] == [p for p, _, _ in rows]
+    assert [r["significant"] for r in rel] == ["yes" if q < 0.05 else "no" for _, _, q in rows]
+    for shown, (_, effect, q) in zip(rel, rows):
+        assert _close(shown["effect_size"], effect) and _close(shown["q_value"], q)
+    # with SubCell features every readout applies, each in its own table
+    copy = tmp_path / "screen"
+    shutil.copytree(screen["store"], copy)
+    with ScreenStore.open(copy) as store:
+        store.con.execute("UPDATE feature_sets SET kind = 'subcell'")
+    with ScreenStore.open(copy, read_only=True) as store:
+        html = build_hit_report(store, tmp_path / "out").read_text()
+    page = _parse(tmp_path / "out" / "hit_report.html")
+    readouts = [r["readout"] for r in page.tables["relocalization"]]
+    assert readouts == ["probabilities"] * 8 + ["embedding"] * 8 + ["nuc_cyto_ratio"] * 8
+    assert "are not listed" not in html
+    assert len(page.captions["relocalization"]) == 3 and "0.5·Σ|Δp|" in page.captions["relocalization"][0]
+
+
+def test_qc_report_shows_illumination_pixel_size_and_channel_use(screen, reports, tmp_path, monkeypatch):
+    from subcell_screen.report import plots
+
+    page = _parse(reports["qc"])
+    recipes = {r["plate"]: r for r in page.tables["illumination_recipes"]}
+    assert set(recipes) == set(screen["plates"])
+    # the images drawn are the stored functions (96 px: small enough to be drawn as they are)
+    drawn = {}
+    real = plots.illumination_functions
+    monkeypatch.setattr(plots, "illumination_functions", lambda f, **kw: drawn.update(f) or real(f, **kw))
+    build_qc_report(screen["store"], tmp_path, plate=screen["plates"][1])
+    assert set(drawn) == {(screen["plates"][1], c) for c in CHANNELS}
+    assert list(drawn) == [(screen["plates"][1], c) for c in CHANNELS]  # channels in acquisition order
+    for (plate, c), a in drawn.items():
+        np.testing.assert_array_equal(a, screen["illumination"][plate][0][c])
+    for plate, (_, recipe) in screen["illumination"].items():
+        r = recipes[plate]
+        assert r["channels"] == ", ".join(CHANNELS) and r["method"] == "median"  # acquisition order
+        assert int(r["n_sites"]) == recipe["n_sites"] and int(r["n_sites_excluded"]) == recipe["n_excluded"]
+        assert _close(r["smoothing_sigma_px"], recipe["sigma_px"]) and (r["height"], r["width"]) == ("96", "96")
+    assert any(i.get("data-file") == "qc_report_illumination_functions.png" for i in page.imgs)
+    png = (reports["out"] / "qc_report_illumination_functions.png").read_bytes()
+    w, h = _png_size(png)
+    assert w > 4 * 100 and h > 2 * 100  # 2 plates x 4 channels
+    html = reports["qc"].read_text()
+    assert html.index('id="plates"') < html.index('id="illumination-correction"') < html.index('id="cell-counts"')
+    # pixel size per plate with its source, and the channels with what each is used for
+    for r in page.tables["plate_summary"]:
+        assert _close(r["pixel_size_um"], PIXEL_UM)
+    ch = {r["channel"]: r for r in page.tables["channels"]}
+    assert set(ch) == set(CHANNELS) and "segmentation" in ch["nucleus"]["used_for"]
+    assert {r["illumination_plates"] for r in ch.values()} == {"2"}
+
+
+def test_qc_report_without_illumination_says_why(screen, tmp_path):
+    copy = tmp_path / "screen"
+    shutil.copytree(screen["store"], copy)
+    with ScreenStore.open(copy) as store:
+        store.con.execute("DELETE FROM illumination")
+    html = build_qc_report(copy, tmp_path / "out").read_text()
+    assert "Illumination correction: not computed (no illumination functions are stored" in html
+    assert "illumination_correction" in html
 
 
 def test_reports_are_self_contained(reports):
@@ -769,13 +1011,43 @@ def test_reports_render_in_headless_chromium(reports, tmp_path, monkeypatch):
         for key in ("qc", "hits"):
             path = reports[key]
             driver.get(path.resolve().as_uri())
+            for _ in range(100):  # large data-URI images: wait for the load event, not only the parse
+                if driver.execute_script("return document.readyState") == "complete":
+                    break
+                time.sleep(0.1)
             state = driver.execute_script(
                 "return {ready: document.readyState, title: document.title,"
                 " imgs: Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]),"
                 " tables: document.querySelectorAll('table.data').length,"
-                " height: document.documentElement.scrollHeight}")
+                " height: document.documentElement.scrollHeight,"
+                " scroll_width: document.documentElement.scrollWidth, inner_width: window.innerWidth,"
+                " sticking_out: Array.from(document.querySelectorAll('body *')).filter(e =>"
+                "   !e.closest('.table-wrap, pre') && e.getBoundingClientRect().right > window.innerWidth + 0.5)"
+                "   .map(e => e.tagName + ' ' + (e.textContent || '').slice(0, 60)).slice(0, 5),"
+                " effect_title: (document.querySelector('table[data-query^=ranked_hits] th[data-col=effect_size]')"
+                "   || {}).title || null,"
+                " hit_table: (() => { const w = document.querySelector('table[data-query^=ranked_hits]');"
+                "   if (!w) return null; const box = w.parentElement; const long = Array.from(w.querySelectorAll("
+                "   'td[data-col=perturbation_name]')).find(td => td.textContent.length > 80);"
+                "   const yes = w.querySelector('td[data-col=is_hit]');"
+                "   return {scroll: box.scrollWidth, client: box.clientWidth, box_right: box.getBoundingClientRect()"
+                "   .right, overflow: getComputedStyle(box).overflowX, long_width: long.getBoundingClientRect()"
+                "   .width, long_height: long.getBoundingClientRect().height, line: parseFloat(getComputedStyle("
+                "   long).lineHeight), yes_height: yes.getBoundingClientRect().height}; })()}")
             assert state["ready"] == "complete"
-            assert state["title"].startswith("QC report" if key == "qc" else "Hit report")
+            assert state["title"] == ("QC report" if key == "qc" else "Hit report") + f" — {SCREEN_NAME}"
+            # nothing widens the page at 1280 px: long ids and names wrap, wide tables scroll in their box
+            assert state["scroll_width"] <= state["inner_width"] == 1280, state
+            assert not state["sticking_out"], state["sticking_out"]
+            if key == "hits":
+                assert "standard deviation" in state["effect_title"]
+                hit = state["hit_table"]
+                # the ranked hit table stays inside the page; wider than its box, it scrolls there
+                assert hit["box_right"] <= state["inner_width"], hit
+                assert hit["scroll"] <= hit["client"] + 1 or hit["overflow"] == "auto", hit
+                # the long name wraps onto several lines of a column of reasonable width; "yes" does not break
+                assert hit["long_height"] > 2.5 * hit["line"] and 150 <= hit["long_width"] <= 400, hit
+                assert hit["yes_height"] < 2 * hit["line"] + 12, hit
             assert state["imgs"] and all(c and w > 0 and h > 0 for c, w, h in state["imgs"]), state["imgs"]
             assert state["tables"] >= 5
             errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]

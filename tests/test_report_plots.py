@@ -64,13 +64,14 @@ def test_dose_response_curve_passes_half_way_at_ec50():
     fits = pl.DataFrame({"perturbation_id": ["a", "b"], "status": ["fit", "no fit"], "ec50": [10**0.3, None],
                          "hill": [1.2, None], "bottom": [1.0, None], "top": [9.0, None],
                          "reason": [None, "flat response"]})
-    fig = plots.dose_response_curves(points, fits=fits, unit="µM")
+    fig = plots.dose_response_curves(points, fits=fits, unit="µM", titles={"a": "vorinostat"})
     ax_a, ax_b = fig.axes[:2]
     curve = [ln for ln in ax_a.get_lines() if len(ln.get_xdata()) > 2][0]
     xs, ys = np.asarray(curve.get_xdata()), np.asarray(curve.get_ydata())
     assert np.interp(0.3, np.log10(xs), ys) == pytest.approx(5.0, abs=1e-3)
-    assert "EC50 = 1.995 µM" in ax_a.get_title()
-    assert "no fit: flat response" in ax_b.get_title()
+    # panel titles name the perturbation (its id where no name is given); EC50 with 3 significant digits
+    assert ax_a.get_title() == "vorinostat\nEC50 = 2.00 µM"
+    assert ax_b.get_title() == "b\nno fit: flat response"
     assert not [ln for ln in ax_b.get_lines() if len(ln.get_xdata()) > 2]
     assert ax_a.get_xlabel() == "concentration (µM)" and ax_a.get_xscale() == "log"
 
@@ -108,7 +109,8 @@ def test_dose_curve_is_the_scorers_logistic4_of_the_fit():
 def test_hit_ranking_highlights_hits_and_labels_top():
     df = pl.DataFrame({"perturbation_id": ["a", "b", "c", "d"], "mean_average_precision": [0.9, 0.8, 0.2, 0.1],
                        "corrected_p_value": [0.001, 0.01, 0.5, 0.9], "is_hit": [True, True, False, False],
-                       "cytotoxic": [False, True, False, False], "rank": [1, 2, 3, 4]})
+                       "cytotoxic": [False, True, False, False], "rank": [1, 2, 3, 4],
+                       "name": ["vorinostat", None, "x", "y"]})
     fig = plots.hit_ranking(df, label_top=2)
     ax = fig.axes[0]
     sizes = {c.get_label(): len(c.get_offsets()) for c in ax.collections}
@@ -116,6 +118,81 @@ def test_hit_ranking_highlights_hits_and_labels_top():
     assert [t.get_text() for t in ax.texts] == ["a", "b"]
     hit = [c for c in ax.collections if c.get_label() == "hit"][0].get_offsets()[0]
     assert hit[0] == pytest.approx(0.9) and hit[1] == pytest.approx(3.0)  # -log10(0.001)
+    # labels from a name column, the id where the name is missing; each label points at its point
+    fig = plots.hit_ranking(df, label_top=2, label="name")
+    texts = fig.axes[0].texts
+    assert [t.get_text() for t in texts] == ["vorinostat", "b"]
+    assert [tuple(t.xy) for t in texts] == [pytest.approx((0.9, 3.0)), pytest.approx((0.8, 2.0))]
+    with pytest.raises(ValueError, match="no label column 'names'"):
+        plots.hit_ranking(df, label="names")
+
+
+def _crowded_scores(n: int = 40, seed: int = 0, *, weak: bool = False) -> pl.DataFrame:
+    """Many perturbations, the best ones crowded at the top right with long names (the hard case); ``weak``:
+    the best q-values lie just below 0.05, so the q = 0.05 line runs near the top of the plot (where a legend
+    inside the axes would sit)."""
+    rng = np.random.default_rng(seed)
+    m = np.r_[np.full(8, 0.99) + rng.uniform(-0.01, 0.01, 8), rng.uniform(0, 0.7, n - 8)]
+    q = np.r_[np.full(8, 0.04 if weak else 1e-4), rng.uniform(0.06 if weak else 0.02, 1, n - 8)]
+    names = [f"N-hydroxy-N'-phenyloctanediamide analogue {i:02d}" if i % 3 == 0 else f"cmpd-{i}" for i in range(n)]
+    return pl.DataFrame({"perturbation_id": [f"p{i:02d}" for i in range(n)], "perturbation_name": names,
+                         "mean_average_precision": m, "corrected_p_value": q, "is_hit": q < 0.05,
+                         "cytotoxic": [i == 1 for i in range(n)], "rank": np.argsort(np.argsort(q - m)) + 1})
+
+
+@pytest.mark.parametrize(("q_threshold", "weak"), [(0.05, False), (0.5, False), (0.05, True)])
+def test_hit_ranking_geometry_legend_clear_of_q_line_and_text_inside(q_threshold, weak):
+    """The legend must not cover the dashed q line, no text may be clipped at the figure's edges, and the
+    labels must not overlap each other (display coordinates of the drawn figure)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.hit_ranking(_crowded_scores(weak=weak), q_threshold=q_threshold, label_top=10,
+                            label="perturbation_name")
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    line = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"][0]
+    line_y = ax.transData.transform((0.5, -np.log10(q_threshold)))[1]
+    assert line.get_ydata()[0] == pytest.approx(-np.log10(q_threshold))
+    ax_box = ax.get_window_extent(renderer)
+    legend = ax.get_legend().get_window_extent(renderer)
+    covers = legend.y0 <= line_y <= legend.y1 and legend.x0 < ax_box.x1 and legend.x1 > ax_box.x0
+    assert not covers, (legend, line_y)
+    assert legend.y0 >= ax_box.y1 - 1  # above the plotting area: it covers no point either
+    fig_box = fig.bbox
+    # everything drawn (tick labels, axis labels, legend, point labels) lies inside the figure
+    tight = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)
+    assert fig_box.x0 - 0.5 <= tight.x0 and tight.x1 <= fig_box.x1 + 0.5, (tight, fig_box)
+    assert fig_box.y0 - 0.5 <= tight.y0 and tight.y1 <= fig_box.y1 + 0.5, (tight, fig_box)
+    texts = [*ax.texts, *ax.get_legend().get_texts(), ax.xaxis.label, ax.yaxis.label]
+    assert len(texts) == 10 + 4 + 2
+    for t in texts:
+        bb = t.get_window_extent(renderer)
+        assert fig_box.x0 - 0.5 <= bb.x0 and bb.x1 <= fig_box.x1 + 0.5, (t.get_text(), bb, fig_box)
+        assert fig_box.y0 - 0.5 <= bb.y0 and bb.y1 <= fig_box.y1 + 0.5, (t.get_text(), bb, fig_box)
+    from matplotlib.text import Text
+
+    labels = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, without its leader line
+    assert len(labels) == 10
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            assert not labels[i].overlaps(labels[j]), (ax.texts[i].get_text(), ax.texts[j].get_text())
+    for bb in labels:  # the labels sit right of the plotting area, outside the data
+        assert bb.x0 >= ax_box.x1
+
+
+def test_lane_positions_keep_order_spacing_and_range():
+    from subcell_screen.report.plots import _lane_positions
+
+    wanted = np.array([0.9, 0.9, 0.9, 0.1, 0.5])
+    pos = _lane_positions(wanted, gap=0.1, lo=0.0, hi=1.0, tie=np.array([0.1, 0.3, 0.2, 0.0, 0.0]))
+    assert np.all((pos >= 0) & (pos <= 1))
+    s = np.sort(pos)
+    assert np.all(np.diff(s) >= 0.1 - 1e-12)
+    assert pos[1] > pos[2] > pos[0]  # among equal heights the rightmost point gets the top lane
+    assert pos[3] == pytest.approx(0.1) and pos[4] == pytest.approx(0.5)  # free labels stay where they point
+    crowded = _lane_positions(np.full(30, 1.0), gap=0.1, lo=0.0, hi=1.0)
+    assert crowded.min() >= 0 and crowded.max() <= 1 and np.all(np.diff(np.sort(crowded)) > 0)
 
 
 def test_scatter_and_histogram_plots():
@@ -133,10 +210,19 @@ def test_scatter_and_histogram_plots():
     assert fig.axes[0].get_lines()[0].get_xdata()[0] == pytest.approx(0.09)
     reloc = pl.DataFrame({"protein": ["HDAC8", "TP53"], "perturbation_id": ["x", "y"], "from_class": ["Cytosol"] * 2,
                           "to_class": ["Nucleoplasm", "Mitochondria"], "effect_size": [2.0, 0.5],
-                          "q_value": [0.01, 0.2]})
+                          "q_value": [0.01, 0.2], "name": ["vorinostat", None]})
     fig = plots.relocalization_bars(reloc)
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "HDAC8 | x: Cytosol → Nucleoplasm" in ticks
+    ticks = [t.get_text() for t in plots.relocalization_bars(reloc, label="name").axes[0].get_yticklabels()]
+    assert ticks == ["HDAC8 | vorinostat: Cytosol → Nucleoplasm", "TP53 | y: Cytosol → Mitochondria"]
+    # several readouts: one panel each, with the unit of its effect size
+    two = pl.concat([reloc.with_columns(pl.lit("probabilities").alias("readout")),
+                     reloc.with_columns(pl.lit("nuc_cyto_ratio").alias("readout"), pl.col("effect_size") * -1)])
+    fig = plots.relocalization_bars(two, units={"probabilities": "Σ|Δp|/2", "nuc_cyto_ratio": "Δ ratio"})
+    assert [ax.get_xlabel() for ax in fig.axes] == ["probabilities: effect size (Σ|Δp|/2)",
+                                                    "nuc_cyto_ratio: effect size (Δ ratio)"]
+    assert [len(ax.patches) for ax in fig.axes] == [2, 2]
     qc = pl.DataFrame({"channel": ["a", "a", "b"], "mean": [1.0, 2.0, 3.0], "focus": [0.1, 0.2, 0.3]})
     fig = plots.channel_metrics(qc, metrics=("mean", "focus"))
     assert [ax.get_title() for ax in fig.axes] == ["mean", "focus"]
@@ -212,7 +298,60 @@ def test_read_site_channels_planes_and_errors(tmp_path):
 
 def test_format_value():
     assert format_value(None) == "—" and format_value(True) == "yes" and format_value(12) == "12"
-    assert format_value(0.123456) == "0.1235" and format_value(1234.5) == "1234"
-    assert format_value(0.00012, column="corrected_p_value") == "1.20e-04"
-    assert format_value(0.00012, column="effect_size") == "1.200e-04"
     assert format_value(float("nan")) == "—" and format_value(["a", None]) == "a, —"
+    # any other number: 3 significant digits, no exponent between 0.001 and 1e6
+    assert format_value(0.123456) == "0.123" and format_value(1234.5) == "1234"
+    assert format_value(478.2, column="effect_size") == "478" and format_value(-22.31, column="effect_size") == "-22.3"
+    assert format_value(0.00012, column="effect_size") == "1.20e-04" and format_value(0.5) == "0.500"
+    assert format_value(0.9996, column="mean_average_precision") == "1.000" and format_value(0.0) == "0"
+    assert format_value(2.5e7) == "2.50e+07"
+    # p- and q-values: scientific below 1e-3
+    assert format_value(0.00012, column="corrected_p_value") == "1.20e-04"
+    assert format_value(0.0123, column="p_value") == "0.0123" and format_value(0.05, column="q_value") == "0.0500"
+    # fractions: 2 decimals (tiny nonzero ones do not read as 0); counts: integers
+    assert format_value(0.4849, column="cell_count_fraction") == "0.48"
+    assert format_value(0.0003, column="saturated_fraction") == "3.0e-04"
+    assert format_value(0.0, column="border_fraction") == "0.00"
+    assert format_value(12.0, column="n_cells") == "12" and format_value(12.5, column="median_cells") == "12.5"
+    assert format_value(3.0, column="rank") == "3" and format_value(7.0, column="sites_failed") == "7"
+
+
+def test_column_kinds_of_every_report_column():
+    """Every numeric column the report queries return gets the kind its name says."""
+    from subcell_screen.report._html import column_kind
+
+    kinds = {"p_value": "p", "q_value": "p", "corrected_p_value": "p", "min_corrected_p_value": "p",
+             "cell_count_fraction": "fraction", "saturated_fraction": "fraction", "border_fraction": "fraction",
+             "n_wells": "count", "n_cells": "count", "rank": "count", "sites_failed": "count",
+             "n_failed_sites": "count", "saturated_sites": "count", "illumination_plates": "count",
+             "median_cells_per_well": "count",
+             "effect_size": "number", "effect_ci_low": "number", "mean_average_precision": "number",
+             "ec50": "number", "percent_replicating": "number", "z_prime_profile_distance": "number",
+             "null_p95": "number", "seconds": "number", "pixel_size_um": "number"}
+    assert {c: column_kind(c) for c in kinds} == kinds
+
+
+def test_illumination_panels_and_downsample():
+    from subcell_screen.report._images import downsample
+
+    yy, xx = np.mgrid[0:200, 0:300]
+    f = (1.0 + ((yy - 100) ** 2 + (xx - 150) ** 2) / 40000.0).astype(np.float32)
+    small = downsample(f, max_side=96)
+    assert small.shape == (50, 75)  # factor 4: ceil(300 / 96)
+    assert small[0, 0] == pytest.approx(f[:4, :4].mean())
+    assert downsample(f[:50, :60]).shape == (50, 60)
+    with pytest.raises(ValueError, match="2-D"):
+        downsample(np.zeros((2, 2, 2)))
+    funcs = {("P1", "DNA"): small, ("P1", "ER"): small * 2, ("P2", "DNA"): small}
+    fig = plots.illumination_functions(funcs)
+    panels = [ax for ax in fig.axes if ax.get_xticks().size == 0 and ax.get_yticks().size == 0 and
+              (ax.images or ax.texts)]
+    assert len(panels) == 4  # 2 plates x 2 channels; P2 has no ER function
+    shown = [ax for ax in panels if ax.images]
+    assert len(shown) == 3 and np.array_equal(shown[0].images[0].get_array(), small)
+    assert [ax.get_title() for ax in panels[:2]] == ["DNA", "ER"]
+    assert [t.get_text() for ax in panels for t in ax.texts] == ["none"]
+    # one colour scale per channel, from 1 to the channel's largest value
+    assert shown[0].images[0].get_clim() == pytest.approx((1.0, float(small.max())))
+    assert shown[1].images[0].get_clim() == pytest.approx((1.0, float(small.max() * 2)))
+    assert plots.illumination_functions({}).axes[0].texts[0].get_text() == "no illumination functions"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from ._columns import EFFECT_SIZE, RELOCALIZATION_READOUTS
 from ._html import Page, format_value
 from ._queries import NotComputed, run_query
 
@@ -37,6 +38,42 @@ def _opened(store: ScreenStore | str | Path) -> Iterator[ScreenStore]:
 
 def _file_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("._") or "plate"
+
+
+def _screen_name(store: ScreenStore) -> tuple[str, bool]:
+    """``[screen].name`` of the newest run that gives one (True), else the screen folder's name (False)."""
+    try:
+        df = run_query(store, "screen_name")
+    except NotComputed:
+        df = None
+    if df is not None and df.height:
+        return str(df["screen_name"][0]), True
+    return store.path.resolve().name, False
+
+
+def _titled(store: ScreenStore, page: Page, title: str | None, kind: str, suffix: str = "") -> None:
+    if title is None:
+        name, from_config = _screen_name(store)
+        if from_config:
+            page.use_query("screen_name")
+        title = f"{kind} — {name}{suffix}"
+    page.title = title
+
+
+def _labels(store: ScreenStore, page: Page) -> dict[str, str]:
+    """Perturbation id -> the label plots and galleries show (name, ``name (id)`` or id)."""
+    try:
+        df = run_query(store, "perturbation_labels")
+    except NotComputed:
+        return {}
+    page.use_query("perturbation_labels")
+    return dict(zip(df["perturbation_id"].to_list(), df["label"].to_list()))
+
+
+def _with_labels(df: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
+    """``df`` with a ``label`` column (the id where the layout gives no label)."""
+    mapped = pl.col("perturbation_id").replace_strict(labels, default=None, return_dtype=pl.String)
+    return df.with_columns(pl.coalesce(mapped, pl.col("perturbation_id").cast(pl.String)).alias("label"))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -112,6 +149,51 @@ def _plate_formats(store: ScreenStore, page: Page, plate: str | None) -> dict[st
     except NotComputed as exc:
         page.not_computed("Channels", exc)
     return {r["plate"]: r["plate_format"] for r in summary.iter_rows(named=True) if r["plate_format"]}
+
+
+def _illumination(store: ScreenStore, page: Page, plate: str | None, *, max_plates: int = 12) -> None:
+    from ..store import decode_array
+    from . import plots
+    from ._images import downsample
+
+    page.section("Illumination correction")
+    try:
+        recipes = run_query(store, "illumination_recipes", plate=plate)
+    except NotComputed as exc:
+        if exc.empty:
+            page.use_query(exc.query)
+            page.add('<p class="not-computed">Illumination correction: not computed (no illumination functions '
+                     "are stored: the runs did not correct illumination, see "
+                     "<code>[images].illumination_correction</code>).</p>")
+        else:  # pragma: no cover - the store declares the table
+            page.not_computed("Illumination correction", exc)
+        return
+    if recipes.height == 0:
+        page.not_computed("Illumination correction", f"plate {plate!r} has no illumination functions")
+        return
+    page.table(recipes, query="illumination_recipes",
+               caption="one function per plate and channel: a robust per-pixel average of the plate's sites "
+                       "(method; n_sites used, n_sites_excluded left out), block-averaged by downsample, "
+                       "smoothed with a Gaussian of smoothing_sigma_px pixels, scaled so its "
+                       "robust_percentile-th percentile is 1; each image is divided by it")
+    plates = recipes["plate"].to_list()
+    note = ""
+    if len(plates) > max_plates:
+        note = (f" The first {max_plates} of {len(plates)} plates are drawn; build the report of one plate "
+                "(plate=...) for the others.")
+        plates = plates[:max_plates]
+    functions: dict[tuple[str, str], np.ndarray] = {}
+    for p in plates:  # one plate at a time: full-size functions are large, only thumbnails are kept
+        rows = run_query(store, "illumination_functions", plate=p)
+        for r in rows.iter_rows(named=True):
+            functions[(r["plate"], r["channel"])] = downsample(decode_array(r["data"]), max_side=96)
+    page.use_query("illumination_functions")
+    fig = plots.illumination_functions(functions)
+    page.figure(fig, name="illumination_functions",
+                caption="Illumination function of each plate (row) and channel (column): the factor (≥ 1) each "
+                        "pixel is divided by, one colour scale per channel (below it) shared by the plates; bright "
+                        "= pixels that were brighter than the dimmest part of the field (e.g. the centre of a "
+                        "vignetted field)." + note)
 
 
 def _cell_counts(store: ScreenStore, page: Page, plate: str | None, formats: dict[str, int], *,
@@ -367,11 +449,13 @@ def build_qc_report(
 ) -> Path:
     """Write the QC report of a screen (or of one plate) as one self-contained HTML page.
 
-    Sections: run banner (featurizer, segmenter and fallbacks actually used), plates, cell-count heatmap in
-    plate layout, failed sites and stage summary, segmentation overlays of sample sites, intensity/focus per
-    channel with flagged sites, control separation (Z′-factor, replicate correlation, percent replicating),
-    PCA of well profiles by control type, run history. A section whose input tables are missing or empty
-    says "not computed".
+    Sections: run banner (featurizer, segmenter and fallbacks actually used, status and end of the run that
+    made the data), plates (with pixel size and its source) and channels (what each is used for),
+    illumination functions per plate and channel with their recipe, cell-count heatmap in plate layout,
+    failed sites and stage summary, segmentation overlays of sample sites, intensity/focus per channel with
+    flagged sites, control separation (Z′-factor, replicate correlation, percent replicating), PCA of well
+    profiles by control type, run history. A section whose input tables are missing or empty says "not
+    computed". ``docs/reports.md`` describes every section.
 
     Parameters
     ----------
@@ -383,7 +467,8 @@ def build_qc_report(
     plate
         Restrict to one plate.
     title
-        Page title (default ``QC report — <screen folder>``).
+        Page title (default ``QC report — <screen name>``: ``[screen].name`` from the run's configuration, else
+        the screen folder's name).
     feature_set
         Feature set of the profiles to use (default: every feature set with profiles).
     sample_sites
@@ -401,10 +486,11 @@ def build_qc_report(
     """
     with _opened(store) as st:
         stem = "qc_report" if plate is None else f"qc_report_{_file_part(plate)}"
-        page = Page(Path(out_dir), stem=stem,
-                    title=title or f"QC report — {st.path.resolve().name}" + (f" — {plate}" if plate else ""))
+        page = Page(Path(out_dir), stem=stem, title=title or "QC report")
+        _titled(st, page, title, "QC report", f" — {plate}" if plate else "")
         banner = _banner(st, page)
         formats = _plate_formats(st, page, plate)
+        _illumination(st, page, plate)
         _cell_counts(st, page, plate, formats)
         _failed_sites(st, page, plate)
         _segmentation(st, page, plate, n_sites=sample_sites, window=overlay_window)
@@ -428,7 +514,8 @@ def _ranked(store: ScreenStore, page: Page, top: int | None) -> tuple[pl.DataFra
         return run_query(store, "ranked_hits", top=top), "ranked_hits"
 
 
-def _hit_table(store: ScreenStore, page: Page, *, top: int, q_threshold: float) -> pl.DataFrame | None:
+def _hit_table(store: ScreenStore, page: Page, *, top: int, q_threshold: float,
+               labels: dict[str, str]) -> pl.DataFrame | None:
     from . import plots
 
     page.section("Summary")
@@ -453,13 +540,16 @@ def _hit_table(store: ScreenStore, page: Page, *, top: int, q_threshold: float) 
         page.not_computed("EC50 column", "table dose_response is missing or empty")
     page.table(ranked, query=qname,
                caption="mean_average_precision: phenotypic activity (mAP of replicate retrieval against negative "
-                       "controls); corrected_p_value: q (multiple-testing corrected); effect size with its "
-                       "confidence interval; cell_count_fraction: cells relative to negative controls")
+                       "controls, 0 to 1); corrected_p_value: q (Benjamini-Hochberg corrected p-value); "
+                       f"{EFFECT_SIZE}; effect_ci_low/high: its 95% bootstrap interval; cell_count_fraction: "
+                       "cells relative to the negative controls (1 = as many). Hover over a column header for "
+                       "its definition; docs/reports.md describes every column.")
     everything, _ = _ranked(store, page, None)
-    fig = plots.hit_ranking(everything, q_threshold=q_threshold, label_top=min(top, 10))
+    fig = plots.hit_ranking(_with_labels(everything, labels), q_threshold=q_threshold, label_top=min(top, 10),
+                            label="label")
     page.figure(fig, name="hit_ranking",
                 caption=f"Phenotypic activity of every scored perturbation; dashed line q = {q_threshold:g}; the "
-                        "best-ranked are labelled.")
+                        "best-ranked are labelled with their names (the id too where a name is shared).")
     return ranked
 
 
@@ -492,7 +582,7 @@ def _coverage(store: ScreenStore, page: Page) -> None:
                        "positive controls are scored like treatments")
 
 
-def _dose_response(store: ScreenStore, page: Page, *, max_panels: int) -> None:
+def _dose_response(store: ScreenStore, page: Page, *, max_panels: int, labels: dict[str, str]) -> None:
     from . import plots
 
     page.section("Dose response")
@@ -522,30 +612,53 @@ def _dose_response(store: ScreenStore, page: Page, *, max_panels: int) -> None:
     sub = sub.with_columns(pl.col("perturbation_id").cast(pl.Enum(shown))).sort(["perturbation_id", "concentration"])
     sub = sub.with_columns(pl.col("perturbation_id").cast(pl.String))
     units = [u for u in fits["concentration_unit"].unique().to_list() if u]
-    fig = plots.dose_response_curves(sub, fits=fits, unit=units[0] if len(units) == 1 else None)
+    fig = plots.dose_response_curves(sub, fits=fits, unit=units[0] if len(units) == 1 else None, titles=labels)
     page.figure(fig, name="dose_response",
                 caption=f"Activity per concentration with the fitted 4-parameter logistic (red) and EC50 (dotted); "
                         f"{len(shown)} of {fits.height} perturbations, best-ranked first.")
     page.table(sub, query="dose_points", collapsed="Dose points (table)")
 
 
-def _relocalization(store: ScreenStore, page: Page, *, q_threshold: float) -> None:
+def _relocalization(store: ScreenStore, page: Page, *, q_threshold: float, labels: dict[str, str]) -> None:
     from . import plots
 
     page.section("Relocalization")
     try:
-        reloc = run_query(store, "relocalization")
+        reloc = run_query(store, "relocalization", q_threshold=q_threshold)
     except NotComputed as exc:
         page.not_computed("Relocalization", exc)
         return
-    page.table(reloc, query="relocalization", max_rows=200,
-               caption="protein localization change per perturbation: from_class → to_class, by q-value")
-    fig = plots.relocalization_bars(reloc, q_threshold=q_threshold)
+    shown = reloc.filter(pl.col("applies")).drop("applies")
+    left_out = reloc.filter(~pl.col("applies"))
+    if left_out.height:
+        names = ", ".join(sorted(set(left_out["readout"].to_list())))
+        page.paragraph(f"{left_out.height} row(s) of the {names} readout(s) are not listed: they need SubCell "
+                       "(localization probabilities, the protein-sensitive embedding) and this run's features are "
+                       "classical, so they do not measure the protein's localization. The relocalization_results "
+                       "table keeps them.")
+    if shown.height == 0:
+        page.not_computed("Relocalization", "no readout of this run applies to its featurizer")
+        return
+    page.paragraph(f"Per readout: the significant calls (q < {q_threshold:g}) first, ranked by the size of the "
+                   "effect, then the others by q-value. Effect sizes of different readouts are in different "
+                   "units.")
+    for readout in dict.fromkeys(shown["readout"].to_list()):
+        what, unit = RELOCALIZATION_READOUTS.get(readout, (readout, "see docs/reports.md"))
+        page.heading(f"Readout: {readout}")
+        rows = shown.filter(pl.col("readout") == readout)
+        page.table(rows, query="relocalization", max_rows=200,
+                   caption=f"{what}; effect_size: {unit}; {int(rows['significant'].sum())} of {rows.height} "
+                           f"significant (q < {q_threshold:g})")
+    units = {r: u for r, (_, u) in RELOCALIZATION_READOUTS.items()}
+    fig = plots.relocalization_bars(_with_labels(shown, labels), q_threshold=q_threshold, label="label",
+                                    units=units)
     page.figure(fig, name="relocalization",
-                caption=f"Strongest relocalization calls (red: q < {q_threshold:g}).")
+                caption=f"Strongest relocalization calls per readout, in the table's order (red: q < "
+                        f"{q_threshold:g}).")
 
 
-def _gallery(store: ScreenStore, page: Page, ranked: pl.DataFrame | None, *, n_hits: int, n_cells: int) -> None:
+def _gallery(store: ScreenStore, page: Page, ranked: pl.DataFrame | None, *, n_hits: int, n_cells: int,
+             labels: dict[str, str]) -> None:
     from . import plots
     from ._images import (
         channel_colors,
@@ -607,17 +720,18 @@ def _gallery(store: ScreenStore, page: Page, ranked: pl.DataFrame | None, *, n_h
                 mask_cache[key] = None
         return site_cache[key]
 
-    treated_rows, control_rows, labels, problems = [], [], [], []
+    treated_rows, control_rows, row_labels, problems = [], [], [], []
     for pid, t_df, c_df in selections:
         t_recs = [r for r in t_df.iter_rows(named=True)]
         c_recs = [r for r in c_df.iter_rows(named=True)]
         images = [load(r) for r in t_recs + c_recs]
         ok = [im for im in images if isinstance(im, dict)]
         problems.extend(str(im) for im in images if isinstance(im, Exception))
+        name = labels.get(pid) or pid
         if not ok:
             treated_rows.append([])
             control_rows.append([])
-            labels.append(pid)
+            row_labels.append(name)
             continue
         limits = display_limits([site_cache[(r["plate"], r["well"], r["site"])] for r in c_recs
                                  if isinstance(site_cache[(r["plate"], r["well"], r["site"])], dict)] or ok)
@@ -640,8 +754,8 @@ def _gallery(store: ScreenStore, page: Page, ranked: pl.DataFrame | None, *, n_h
         treated_rows.append(rows_out[0])
         control_rows.append(rows_out[1])
         rank = ranked.filter(pl.col("perturbation_id") == pid)["rank"].to_list()
-        labels.append(f"#{rank[0]} {pid}" if rank and rank[0] is not None else pid)
-    fig = plots.cell_gallery(treated_rows, control=control_rows, row_labels=labels)
+        row_labels.append(f"#{rank[0]} {name}" if rank and rank[0] is not None else name)
+    fig = plots.cell_gallery(treated_rows, control=control_rows, row_labels=row_labels)
     page.figure(fig, name="cell_gallery",
                 caption=f"{note}Cells of the top hits (left; highest concentration tested) next to negative-control "
                         f"cells of the same plates (right); {size}-px crops, one display range per channel and row "
@@ -667,9 +781,12 @@ def build_hit_report(
     """Write the hit report of a screen as one self-contained HTML page.
 
     Sections: run banner, score summary, ranked hit table (mAP, p, q, effect size, cell-count fraction,
-    cytotoxicity, EC50) with an activity plot, dose-response fits with 4PL curves, relocalization table
-    (from → to classes), example cell galleries (treated vs negative control) for the top hits, run history.
-    A section whose input tables are missing or empty says "not computed".
+    cytotoxicity, EC50; each header's tooltip says what the column is and its unit) with an activity plot,
+    dose-response fits with 4PL curves, relocalization tables per readout (from → to classes; significant
+    calls first by effect size; readouts that need SubCell left out of a classical run), example cell
+    galleries (treated vs negative control) for the top hits, run history. Perturbations are named by their
+    platemap names (with the id where a name is shared). A section whose input tables are missing or empty
+    says "not computed". ``docs/reports.md`` describes every section and column.
 
     Parameters
     ----------
@@ -678,11 +795,13 @@ def build_hit_report(
     out_dir
         Output folder: ``hit_report.html`` and its figures as ``hit_report_<figure>.png``.
     title
-        Page title (default ``Hit report — <screen folder>``).
+        Page title (default ``Hit report — <screen name>``: ``[screen].name`` from the run's configuration,
+        else the screen folder's name).
     top
         Rows of the ranked hit table.
     q_threshold
-        Significance line in plots (hit calls themselves come from ``scores.is_hit``).
+        Significance line in plots and of the relocalization ranking (hit calls themselves come from
+        ``scores.is_hit``).
     gallery_hits, gallery_cells
         Hits shown in the cell gallery and cells per hit (and per control row).
     dose_panels
@@ -694,13 +813,15 @@ def build_hit_report(
         The HTML file.
     """
     with _opened(store) as st:
-        page = Page(Path(out_dir), stem="hit_report", title=title or f"Hit report — {st.path.resolve().name}")
+        page = Page(Path(out_dir), stem="hit_report", title=title or "Hit report")
+        _titled(st, page, title, "Hit report")
         banner = _banner(st, page)
-        ranked = _hit_table(st, page, top=top, q_threshold=q_threshold)
+        labels = _labels(st, page)
+        ranked = _hit_table(st, page, top=top, q_threshold=q_threshold, labels=labels)
         _coverage(st, page)
-        _dose_response(st, page, max_panels=dose_panels)
-        _relocalization(st, page, q_threshold=q_threshold)
-        _gallery(st, page, ranked, n_hits=gallery_hits, n_cells=gallery_cells)
+        _dose_response(st, page, max_panels=dose_panels, labels=labels)
+        _relocalization(st, page, q_threshold=q_threshold, labels=labels)
+        _gallery(st, page, ranked, n_hits=gallery_hits, n_cells=gallery_cells, labels=labels)
         _runs_section(st, page)
         path = page.write(banner=banner, meta=_meta(st, None), store_path=str(st.path.resolve()))
     logger.info("hit report written to %s (%d figures)", path, len(page.figures))

@@ -8,7 +8,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -22,16 +22,55 @@ from ._queries import NotComputed, load_query
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["Page", "format_value"]
+__all__ = ["Page", "format_value", "column_kind"]
 
 logger = logging.getLogger(__name__)
 
 _P_COLUMNS = re.compile(r"(^|_)(p_value|q_value)$")
+_FRACTION_COLUMNS = re.compile(r"(^|_)fraction$")
+_COUNT_COLUMNS = re.compile(r"^(n|rank|position|n_.*|.*_n|sites_.*|.*_sites|.*_wells|.*_cells|.*_plates|cells|wells|"
+                            r"sites|.*cells_per_(well|site))$")
+
+
+def column_kind(column: str) -> str:
+    """How values of a column are displayed: ``"p"`` (p- and q-values), ``"fraction"``, ``"count"`` or
+    ``"number"`` (anything else, e.g. effect sizes, mAP, EC50s, intensities); see :func:`format_value`."""
+    if _P_COLUMNS.search(column):
+        return "p"
+    if _FRACTION_COLUMNS.search(column):
+        return "fraction"
+    if _COUNT_COLUMNS.match(column):
+        return "count"
+    return "number"
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    """``value`` with at least ``digits`` significant digits, without an exponent between 0.001 and 10^6
+    (``478``, ``-22.3``, ``0.0123``, ``1234``); scientific notation outside (``1.20e-04``)."""
+    if value == 0:
+        return "0"
+    a = abs(value)
+    if a < 1e-3 or a >= 1e6:
+        return f"{value:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(a)))
+    text = f"{value:.{decimals}f}"
+    return "0" if float(text) == 0 else text
 
 
 def format_value(value: Any, *, column: str = "") -> str:
-    """Display text of one table cell: ``—`` for null, ``yes``/``no`` for booleans, integers as is, floats
-    with 4 significant digits (p- and q-values in scientific notation below 0.001)."""
+    """Display text of one table cell, the same for every column of a kind (:func:`column_kind`).
+
+    ``—`` for null and NaN, ``yes``/``no`` for booleans. Numbers by column kind:
+
+    * p- and q-values (``p_value``, ``q_value``, ``corrected_p_value``, ...): scientific notation below 0.001
+      (``1.20e-04``), else 3 significant digits (``0.0123``, ``0.500``);
+    * fractions (``*_fraction``): 2 decimals (``0.48``); a nonzero fraction below 0.005 in scientific
+      notation (``3.0e-04``) so that it does not read as 0;
+    * counts (``n_*``, ``rank``, ``*_wells``, ``*_cells``, ``sites_*``, ...): integers (a non-integer count
+      such as a median of two wells gets one decimal);
+    * any other number (effect sizes, mAP, EC50, intensities): 3 significant digits, no exponent between
+      0.001 and 10^6 (``478``, ``-22.3``, ``0.953``, ``1234``).
+    """
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -43,16 +82,21 @@ def format_value(value: Any, *, column: str = "") -> str:
             return "—"
         if math.isinf(value):
             return "∞" if value > 0 else "-∞"
-        if _P_COLUMNS.search(column) and 0 < abs(value) < 1e-3:
-            return f"{value:.2e}"
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
-            return f"{value:.3e}"
-        return f"{value:.4g}"
+        kind = column_kind(column)
+        if kind == "fraction":
+            return f"{value:.1e}" if 0 < abs(value) < 0.005 else f"{value:.2f}"
+        if kind == "count":
+            return f"{value:.0f}" if value == round(value) else f"{value:.1f}"
+        return _significant(value)
     if isinstance(value, _dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list | tuple):
         return ", ".join(format_value(v) for v in value)
     return str(value)
+
+
+#: Cells with more characters than this get class "long" (they wrap anywhere, see report.css).
+_LONG_CELL = 24
 
 
 def _template(name: str) -> str:
@@ -135,7 +179,8 @@ class Page:
         self.add(f'<ul class="stats">{lis}</ul>')
 
     def table(self, df: pl.DataFrame, *, query: str, caption: str | None = None, max_rows: int = 500,
-              collapsed: str | None = None, columns: Sequence[str] | None = None) -> None:
+              collapsed: str | None = None, columns: Sequence[str] | None = None,
+              tooltips: Mapping[str, str] | None = None) -> None:
         """A query result as an HTML table (``data-query`` names the query, ``data-col`` each column).
 
         Parameters
@@ -152,28 +197,42 @@ class Page:
             If given, the table sits in a closed ``<details>`` with this summary text.
         columns
             Columns to show (default all).
+        tooltips
+            Column -> header tooltip (``title``); default and fallback: what the column means and its unit
+            (``report/_columns.py``).
         """
+        from ._columns import column_help
+
         self.use_query(query)
         cols = list(columns) if columns is not None else df.columns
         shown = df.head(max_rows)
-        head = "".join(f'<th data-col="{escape(c)}">{escape(c)}</th>' for c in cols)
+        head = []
+        for c in cols:
+            text = column_help(query, c) if tooltips is None else tooltips.get(c, column_help(query, c))
+            title = f' title="{escape(text)}"' if text else ""
+            # long snake_case headers may break after an underscore rather than widen the table
+            head.append(f'<th data-col="{escape(c)}"{title}>{escape(c).replace("_", "_<wbr>")}</th>')
+        head = "".join(head)
         numeric = {c for c in cols if df.schema[c].is_numeric()}
         body = []
         for row in shown.select(cols).iter_rows():
             cells = []
             for c, v in zip(cols, row):
-                cls = ' class="num"' if c in numeric else ""
-                cells.append(f'<td data-col="{escape(c)}"{cls}>{escape(format_value(v, column=c))}</td>')
+                text = format_value(v, column=c)
+                # long text (names, errors, paths) may break anywhere; short words and numbers never do
+                cls = ' class="num"' if c in numeric else ' class="long"' if len(text) > _LONG_CELL else ""
+                cells.append(f'<td data-col="{escape(c)}"{cls}>{escape(text)}</td>')
             body.append("<tr>" + "".join(cells) + "</tr>")
         note = []
         if caption:
             note.append(escape(caption))
         if df.height > max_rows:
             note.append(f"showing the first {max_rows} of {df.height} rows")
-        cap = f"<caption>{' — '.join(note)}</caption>" if note else ""
+        # the caption sits below the scrolling box, not in it: it stays readable when a wide table scrolls
+        cap = (f'<p class="table-caption" data-query="{escape(query)}">{" — ".join(note)}</p>' if note else "")
         html = (f'<div class="table-wrap"><table class="data" data-query="{escape(query)}" '
-                f'data-rows="{df.height}">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-                "</table></div>")
+                f'data-rows="{df.height}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+                f"</table></div>{cap}")
         if collapsed:
             html = f"<details><summary>{escape(collapsed)}</summary>{html}</details>"
         self.add(html)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["read_site_channels", "default_colors", "channel_colors", "display_limits", "composite", "to_rgb",
-           "draw_outlines", "crop_around"]
+           "draw_outlines", "crop_around", "downsample"]
 
 logger = logging.getLogger(__name__)
 
@@ -263,3 +263,18 @@ def crop_around(array: np.ndarray, *, center: tuple[float, float], size: int) ->
     if sy1 > sy0 and sx1 > sx0:
         out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = array[sy0:sy1, sx0:sx1]
     return out
+
+
+def downsample(array: np.ndarray, *, max_side: int = 96) -> np.ndarray:
+    """Block mean of a 2-D ``array`` by the smallest integer factor that brings its longer side to at most
+    ``max_side`` (rows/columns that do not fill a whole block are dropped); float32. For display only."""
+    a = np.asarray(array, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"downsample: expected a 2-D array, got shape {a.shape}")
+    f = max(1, -(-max(a.shape) // max_side))
+    if f == 1:
+        return a
+    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+    if h == 0 or w == 0:
+        return a
+    return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))

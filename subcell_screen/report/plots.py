@@ -33,6 +33,7 @@ __all__ = [
     "plate_heatmap",
     "segmentation_overlays",
     "channel_metrics",
+    "illumination_functions",
     "control_separation",
     "replicate_correlation",
     "embedding_scatter",
@@ -315,6 +316,72 @@ def channel_metrics(
     return fig
 
 
+def illumination_functions(
+    functions: Mapping[tuple[str, str], np.ndarray],
+    *,
+    panel_size: float = 1.6,
+    cmap: str = "magma",
+) -> Figure:
+    """Illumination functions, one small image per plate (row) and channel (column).
+
+    Each channel (column) has its own colour scale, shared by the plates and shown below the column, from 1
+    (or the column's minimum) to the column's maximum: channels differ a lot in how uneven they are, and one
+    scale for all would flatten the weaker ones.
+
+    Parameters
+    ----------
+    functions
+        ``(plate, channel)`` -> ``(h, w)`` function (values >= 1: the factor each pixel is divided by; a
+        downsampled copy is enough, e.g. ``report._images.downsample``), in display order.
+    panel_size
+        Size of one panel in inches.
+    cmap
+        Colour map.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plates = list(dict.fromkeys(p for p, _ in functions))
+    channels = list(dict.fromkeys(c for _, c in functions))
+    if not functions:
+        fig = _new_figure((4.0, 1.5))
+        _empty_message(fig.add_subplot(), "no illumination functions")
+        return fig
+    fig = _new_figure((max(panel_size * len(channels) + 0.6, 3.0), panel_size * len(plates) + 1.0))
+    axes = fig.subplots(len(plates), len(channels), squeeze=False)
+    for j, channel in enumerate(channels):
+        arrays = [a for (p, c), a in functions.items() if c == channel]
+        lo = min(1.0, min(float(np.nanmin(a)) for a in arrays))
+        hi = max(float(np.nanmax(a)) for a in arrays)
+        hi = hi if hi > lo else lo + 1e-3
+        image = None
+        for i, plate in enumerate(plates):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            a = functions.get((plate, channel))
+            if i == 0:
+                ax.set_title(_short(str(channel), 18), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(_short(str(plate), 18), fontsize=8)
+            if a is None:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes, color="#666666")
+                continue
+            image = ax.imshow(a, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        if image is not None:
+            bar = fig.colorbar(image, ax=axes[:, j].tolist(), location="bottom", shrink=0.9, aspect=12)
+            bar.ax.tick_params(labelsize=7)
+            bar.ax.xaxis.set_major_locator(_max_n_locator(3))
+    return fig
+
+
+def _max_n_locator(n: int):  # noqa: ANN202 - a matplotlib Locator
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(n)
+
+
 def control_separation(
     readouts: pl.DataFrame,
     *,
@@ -460,24 +527,56 @@ def embedding_scatter(
 # hits
 
 
+def _lane_positions(wanted: np.ndarray, *, gap: float, lo: float = 0.0, hi: float = 1.0,
+                    tie: np.ndarray | None = None) -> np.ndarray:
+    """Positions as close as possible to ``wanted`` (axes fractions, any order) that keep at least ``gap``
+    between neighbours and stay within [lo, hi] (labels in a column beside the plot, without overlaps).
+    Among ``wanted`` closer than ``gap``, larger ``tie`` (the points' x) goes higher, so that leader lines do
+    not cross."""
+    wanted = np.asarray(wanted, dtype=float)
+    tie = np.zeros(len(wanted)) if tie is None else np.asarray(tie, dtype=float)
+    order = np.lexsort((-tie, -wanted, -np.round(wanted / gap) if gap > 0 else -wanted))
+    pos = np.clip(wanted[order].astype(float), lo, hi)
+    n = len(pos)
+    if n == 0:
+        return pos
+    gap = min(gap, (hi - lo) / max(n - 1, 1))
+    for i in range(1, n):  # top-down: push each label below the one above it
+        pos[i] = min(pos[i], pos[i - 1] - gap)
+    if pos[-1] < lo:  # bottom-up: lift the stack back into range
+        pos[-1] = lo
+        for i in range(n - 2, -1, -1):
+            pos[i] = max(pos[i], pos[i + 1] + gap)
+    out = np.empty(n)
+    out[order] = pos
+    return out
+
+
 def hit_ranking(
     scores: pl.DataFrame,
     *,
     q_threshold: float = 0.05,
     label_top: int = 10,
+    label: str = "perturbation_id",
     ax: Axes | None = None,
 ) -> Figure:
     """Phenotypic activity: mAP against -log10 corrected p-value, hits highlighted, top ones labelled.
+
+    The legend sits above the plot and the labels in a column to its right, each joined to its point by a
+    thin line, so neither covers a point or the dashed q = ``q_threshold`` line, and no text leaves the
+    figure.
 
     Parameters
     ----------
     scores
         One row per perturbation: ``perturbation_id``, ``mean_average_precision``, ``corrected_p_value``,
-        optional ``is_hit``, ``cytotoxic``, ``rank``.
+        optional ``is_hit``, ``cytotoxic``, ``rank`` and the ``label`` column.
     q_threshold
         Significance line.
     label_top
         Label this many best-ranked points.
+    label
+        Column with the point labels (e.g. perturbation names); null labels fall back to the id.
     ax
         Draw into this Axes instead of a new figure.
 
@@ -486,7 +585,9 @@ def hit_ranking(
     matplotlib.figure.Figure
     """
     _require(scores, ["perturbation_id", "mean_average_precision", "corrected_p_value"], "hit_ranking")
-    fig, ax = _figure_and_ax(ax, (6.0, 4.2))
+    if label not in scores.columns:
+        raise ValueError(f"hit_ranking: the frame has no label column {label!r}; it has {scores.columns}")
+    fig, ax = _figure_and_ax(ax, (7.5, 4.6))
     df = scores.filter(pl.col("mean_average_precision").is_not_null() & pl.col("corrected_p_value").is_not_null())
     if df.height == 0:
         _empty_message(ax, "no scored perturbations")
@@ -502,16 +603,38 @@ def hit_ranking(
     if np.any(hit & tox):
         ax.scatter(m[hit & tox], y[hit & tox], s=22, color="#ff7f0e", marker="^", alpha=0.9,
                    label="hit, cytotoxic", linewidths=0)
-    ax.axhline(-np.log10(q_threshold), color="black", linestyle="--", linewidth=0.8)
+    q_line = -np.log10(q_threshold)
+    ax.axhline(q_line, color="black", linestyle="--", linewidth=0.8, label=f"q = {q_threshold:g}")
+    ax.set_xlim(min(0.0, float(np.nanmin(m))) - 0.03, max(1.0, float(np.nanmax(m))) + 0.03)
+    ax.set_ylim(0, max(float(np.nanmax(y)), q_line) * 1.08 + 0.1)
     order = (np.argsort(df["rank"].cast(pl.Float64).fill_null(np.inf).to_numpy(), kind="stable")
-             if "rank" in df.columns else np.lexsort((-m, q)))
-    ids = df["perturbation_id"].to_list()
-    for i in order[:label_top]:
-        ax.annotate(str(ids[i]), (m[i], y[i]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+             if "rank" in df.columns else np.lexsort((-m, q)))[:label_top]
+    names = df.select(pl.coalesce(pl.col(label).cast(pl.String), pl.col("perturbation_id")))
+    names = names.to_series().to_list()
+    if len(order):
+        y_lo, y_hi = ax.get_ylim()
+        wanted = (y[order] - y_lo) / (y_hi - y_lo)
+        height_pt = ax.get_position().height * fig.get_figheight() * 72
+        lane = _lane_positions(wanted, gap=min(0.1, 9.0 / max(height_pt, 1.0)), lo=0.02, hi=0.98, tie=m[order])
+        for i, ly in zip(order, lane):
+            ax.annotate(_short(str(names[i]), 28), (m[i], y[i]), xytext=(1.03, ly), textcoords="axes fraction",
+                        fontsize=7, va="center", ha="left", annotation_clip=False,
+                        arrowprops={"arrowstyle": "-", "color": "#b0b0b0", "linewidth": 0.6,
+                                    "shrinkA": 0, "shrinkB": 2})
     ax.set_xlabel("phenotypic activity (mAP vs negative controls)")
-    ax.set_ylabel("-log10 corrected p-value")
-    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.set_ylabel("-log10 corrected p-value (q)")
+    ax.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=4,
+              borderaxespad=0.0, handletextpad=0.3, columnspacing=1.2)
     return fig
+
+
+def _short(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis in the middle (the end, e.g. an id in parentheses,
+    stays), so that one long name cannot squeeze a plot."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[:width - 1 - tail] + "…" + text[len(text) - tail:]
 
 
 def dose_response_curves(
@@ -519,6 +642,7 @@ def dose_response_curves(
     *,
     fits: pl.DataFrame | None = None,
     unit: str | None = None,
+    titles: Mapping[str, str] | None = None,
     ncols: int = 4,
     panel_size: tuple[float, float] = (3.0, 2.5),
 ) -> Figure:
@@ -537,6 +661,8 @@ def dose_response_curves(
         ``concentration``), ``hill``, ``bottom``, ``top``, optional ``reason``.
     unit
         Concentration unit for the axis label.
+    titles
+        Perturbation id -> panel title (e.g. its name); default the id.
     ncols, panel_size
         Panels per row and panel size in inches.
 
@@ -545,6 +671,7 @@ def dose_response_curves(
     matplotlib.figure.Figure
     """
     from ..score import logistic4
+    from ._html import format_value
 
     _require(points, ["perturbation_id", "concentration", "activity"], "dose_response_curves")
     ids = list(dict.fromkeys(points["perturbation_id"].to_list()))
@@ -577,10 +704,11 @@ def dose_response_curves(
                            log10_ec50=np.log10(fit["ec50"]), hill=fit["hill"])
             ax.plot(xs, ys, color="#d62728", linewidth=1.5)
             ax.axvline(fit["ec50"], color="#d62728", linestyle=":", linewidth=1)
-            text = f"EC50 = {fit['ec50']:.4g}" + (f" {unit}" if unit else "")
+            text = f"EC50 = {format_value(float(fit['ec50']), column='ec50')}" + (f" {unit}" if unit else "")
         elif fit is not None and fit.get("reason"):
             text = f"no fit: {fit['reason']}"
-        ax.set_title(f"{pid}\n{text}", fontsize=8)
+        name = (titles or {}).get(pid) or str(pid)
+        ax.set_title(f"{_short(name, 34)}\n{_short(text, 40)}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=7)
         ax.set_ylabel("activity", fontsize=7)
@@ -594,19 +722,28 @@ def relocalization_bars(
     *,
     top: int = 15,
     q_threshold: float = 0.05,
+    label: str = "perturbation_id",
+    units: Mapping[str, str] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Effect sizes of the strongest relocalization calls, labelled ``protein | perturbation: from -> to``.
+    """Effect sizes of the strongest relocalization calls, labelled ``protein | perturbation: from → to``.
+
+    With a ``readout`` column holding several readouts (and no ``ax``), each readout gets its own panel: their
+    effect sizes are in different units.
 
     Parameters
     ----------
     relocalization
-        ``protein``, ``perturbation_id``, ``from_class``, ``to_class``, ``effect_size``, ``q_value``,
-        already ordered (best first).
+        ``protein``, ``perturbation_id``, ``from_class``, ``to_class``, ``effect_size``, ``q_value``, optional
+        ``readout`` and the ``label`` column, already ordered (best first).
     top
-        Bars to draw.
+        Bars to draw (per readout).
     q_threshold
         Bars with ``q_value`` below it are drawn in red, others grey.
+    label
+        Column naming the perturbation (e.g. its name); null labels fall back to the id.
+    units
+        Readout -> unit of its effect size, for the x-axis label.
     ax
         Draw into this Axes instead of a new figure.
 
@@ -616,20 +753,36 @@ def relocalization_bars(
     """
     _require(relocalization, ["protein", "perturbation_id", "from_class", "to_class", "effect_size", "q_value"],
              "relocalization_bars")
-    df = relocalization.head(top)
-    fig, ax = _figure_and_ax(ax, (7.0, 0.35 * max(df.height, 3) + 1.2))
-    if df.height == 0:
-        _empty_message(ax, "no relocalization calls")
-        return fig
-    labels = [f"{r['protein']} | {r['perturbation_id']}: {r['from_class']} → {r['to_class']}"
-              for r in df.iter_rows(named=True)]
-    eff = df["effect_size"].cast(pl.Float64).fill_null(0.0).to_numpy()
-    q = df["q_value"].cast(pl.Float64).fill_null(1.0).to_numpy()
-    y = np.arange(df.height)[::-1]
-    ax.barh(y, eff, color=np.where(q < q_threshold, "#d62728", "#9a9a9a"))
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.axvline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("effect size")
+    if label not in relocalization.columns:
+        raise ValueError(f"relocalization_bars: the frame has no label column {label!r}")
+    readouts = (list(dict.fromkeys(relocalization["readout"].to_list()))
+                if "readout" in relocalization.columns else [None])
+    if ax is not None or len(readouts) < 2:
+        panels = [(readouts[0] if len(readouts) == 1 else None, relocalization.head(top))]
+    else:
+        panels = [(r, relocalization.filter(pl.col("readout") == r).head(top)) for r in readouts]
+    heights = [0.32 * max(df.height, 2) + 0.9 for _, df in panels]
+    if ax is not None:
+        fig, axes = ax.get_figure(), [ax]
+    else:
+        fig = _new_figure((8.0, sum(heights)))
+        axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights).ravel().tolist()
+    for a, (readout, df) in zip(axes, panels):
+        if df.height == 0:
+            _empty_message(a, "no relocalization calls")
+            continue
+        names = df.select(pl.coalesce(pl.col(label).cast(pl.String), pl.col("perturbation_id"))).to_series()
+        labels = [_short(f"{r['protein']} | {n}: {r['from_class']} → {r['to_class']}", 60)
+                  for r, n in zip(df.iter_rows(named=True), names.to_list())]
+        eff = df["effect_size"].cast(pl.Float64).fill_null(0.0).to_numpy()
+        q = df["q_value"].cast(pl.Float64).fill_null(1.0).to_numpy()
+        y = np.arange(df.height)[::-1]
+        a.barh(y, eff, color=np.where(q < q_threshold, "#d62728", "#9a9a9a"))
+        a.set_yticks(y, labels, fontsize=8)
+        a.axvline(0, color="black", linewidth=0.6)
+        unit = (units or {}).get(readout) if readout is not None else None
+        xlabel = "effect size" + (f" ({unit})" if unit else "")
+        a.set_xlabel(xlabel if readout is None else f"{readout}: {xlabel}", fontsize=8)
     return fig
 
 
@@ -697,7 +850,7 @@ def cell_gallery(
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([(i * step + size / 2) for i in range(rows)],
-                  list(row_labels) if row_labels is not None else [""] * rows, fontsize=8)
+                  [_short(str(s), 36) for s in row_labels] if row_labels is not None else [""] * rows, fontsize=8)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)

@@ -72,3 +72,34 @@ CREATE OR REPLACE TEMP MACRO replicate_null_pairs(fs_name, plate_name) AS TABLE
       ON a.plate = b.plate AND a.well < b.well AND a.perturbation_id <> b.perturbation_id
     CROSS JOIN null_size z
     WHERE hash(a.plate, a.well, b.well) % 1000000 < z.keep * 1000000;
+
+-- perturbation_names(): one row per perturbation id of the layout (wells): perturbation_id, perturbation_name
+-- (the first non-blank name given to the id) and label, the text plots and galleries show: the name alone
+-- when it names this id only; "name (id)" when another id has the same name or the id has several names; the
+-- id alone when no name is given (or the name is the id).
+CREATE OR REPLACE TEMP MACRO perturbation_names() AS TABLE
+    WITH named AS (
+        SELECT
+            perturbation_id,
+            min(nullif(trim(perturbation_name), '')) AS perturbation_name,
+            count(DISTINCT nullif(trim(perturbation_name), '')) AS n_names
+        FROM wells
+        WHERE perturbation_id IS NOT NULL
+        GROUP BY perturbation_id
+    ),
+    shared AS (
+        SELECT perturbation_name, count(*) AS n_ids
+        FROM named
+        WHERE perturbation_name IS NOT NULL
+        GROUP BY perturbation_name
+    )
+    SELECT
+        n.perturbation_id,
+        n.perturbation_name,
+        CASE
+            WHEN n.perturbation_name IS NULL OR n.perturbation_name = n.perturbation_id THEN n.perturbation_id
+            WHEN s.n_ids > 1 OR n.n_names > 1 THEN n.perturbation_name || ' (' || n.perturbation_id || ')'
+            ELSE n.perturbation_name
+        END AS label
+    FROM named n
+    LEFT JOIN shared s USING (perturbation_name);

@@ -1,7 +1,9 @@
 -- dose_response_fits_unranked: 4-parameter logistic fits per perturbation, when no scores exist.
 -- requires: dose_response
+-- uses: wells
 SELECT
-    perturbation_id,
+    d.perturbation_id,
+    n.perturbation_name,
     CAST(NULL AS INTEGER) AS rank,
     status,
     reason,
@@ -13,5 +15,6 @@ SELECT
     bottom,
     top,
     n_doses
-FROM dose_response
-ORDER BY status = 'fit' DESC, perturbation_id
+FROM dose_response d
+LEFT JOIN perturbation_names() n USING (perturbation_id)
+ORDER BY d.status = 'fit' DESC, d.perturbation_id
