@@ -67,7 +67,7 @@ def smoke_run(tmp_path_factory):
 
 def test_reports_built_by_run_show_it_finished(smoke_run):
     cfg, result = smoke_run
-    assert {p.name for p in result.reports} == {"qc_report.html", "hit_report.html"}
+    assert {p.name for p in result.reports} == {"qc_report.html", "hit_report.html", "map_report.html"}
     with ScreenStore.open(cfg.screen.path, read_only=True) as store:
         rec = store.sql("SELECT * FROM runs WHERE run_id = ?", [result.run_id]).row(0, named=True)
     for path in result.reports:
