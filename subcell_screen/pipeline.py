@@ -244,14 +244,15 @@ def run(
             if "score" in stages:
                 results.append(_run_score(store, config, plan, progress=progress))
                 store.update_run_summary(run_id, summary())
+            if "map" in stages or "report" in stages:
+                # the reports show this run as finished: everything they report on is done
+                store.finish_run(run_id, status="ok", summary=summary())
             if "map" in stages:
                 res, map_report = _run_map(store, config, plan)
                 results.append(res)
                 reports += map_report
                 store.update_run_summary(run_id, summary())
             if "report" in stages:
-                # the reports show this run as finished: everything they report on is done
-                store.finish_run(run_id, status="ok", summary=summary())
                 res, paths = _run_report(store, config)
                 reports = paths + reports
                 results.append(res)

@@ -553,7 +553,7 @@ def _cli_refused(tmp_path: Path, request, args: list[str], fragment: str) -> Non
 
 def _case_cli_unknown_stage(tmp_path: Path, request) -> None:
     _cli_refused(tmp_path, request, ["run", "CONFIG", "--stages", "segment,foo"],
-                 "unknown stage(s) foo; choose from segment,embed,profile,score,report")
+                 "unknown stage(s) foo; choose from segment,embed,profile,score,map,report")
 
 
 def _case_cli_empty_stages(tmp_path: Path, request) -> None:

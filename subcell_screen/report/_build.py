@@ -107,6 +107,12 @@ def _banner(store: ScreenStore, page: Page) -> str:
         parts.append(f'<div class="fallback" data-query="run_banner" data-col="fallbacks">'
                      f"⚠ Fallbacks in this run — results were not produced by the requested models:<ul>{items}"
                      "</ul></div>")
+    unverified = [f for f in (run.get("unverified_weights") or []) if f]
+    if unverified:
+        items = "".join(f"<li>{escape(f)}</li>" for f in unverified)
+        parts.append(f'<div class="fallback" data-query="run_banner" data-col="unverified_weights">'
+                     "⚠ Unverified weights — these SubCell weight files were not matched against a published "
+                     f"SHA-256 (loaded as tensors only):<ul>{items}</ul></div>")
     parts.append("</section>")
     return "".join(parts)
 

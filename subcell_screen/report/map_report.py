@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from ._html import Page, format_value
+from ..embed.registry import HPA_PIXEL_SIZE_UM
+from ._build import _banner
+from ._html import Page
 from ._queries import NotComputed, run_query, table_state
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,33 +40,6 @@ def _open(store: ScreenStore | str | Path) -> tuple[ScreenStore, bool]:
     if isinstance(store, ScreenStore):
         return store, False
     return ScreenStore.open(store, read_only=True), True
-
-
-def _banner(store: ScreenStore, page: Page) -> str:
-    """Featurizer and segmenter of the latest run (the ``run_banner`` query), with any fallbacks."""
-    try:
-        df = run_query(store, "run_banner")
-    except NotComputed as exc:
-        page.use_query(exc.query)
-        return ('<section class="banner" id="provenance"><p class="not-computed">Run provenance: not computed '
-                f"({escape(exc.reason)}).</p></section>")
-    page.use_query("run_banner")
-    if df.height == 0:
-        return ('<section class="banner" id="provenance"><p class="not-computed">Run provenance: not computed '
-                "(no recorded run says which featurizer and segmenter ran).</p></section>")
-    run = df.row(0, named=True)
-    dl = "".join(f'<dt>{escape(label)}</dt><dd data-query="run_banner" data-col="{col}">'
-                 f"{escape(format_value(run[col], column=col))}</dd>"
-                 for label, col in (("Featurizer", "featurizer"), ("Segmenter", "segmenter"), ("Run", "run_id"),
-                                    ("Finished", "finished_at"), ("subcell_screen", "package_version")))
-    parts = [f'<section class="banner" id="provenance"><dl>{dl}</dl>']
-    fallbacks = [f for f in (run["fallbacks"] or []) if f]
-    if fallbacks:
-        items = "".join(f"<li>{escape(f)}</li>" for f in fallbacks)
-        parts.append('<div class="fallback" data-query="run_banner" data-col="fallbacks">⚠ Fallbacks in this run '
-                     f"— results were not produced by the requested models:<ul>{items}</ul></div>")
-    parts.append("</section>")
-    return "".join(parts)
 
 
 def _info(store: ScreenStore) -> dict[str, Any]:
@@ -236,7 +211,7 @@ class CellAttention:
 
 
 def attention_maps(store: ScreenStore, cells: Sequence[dict[str, Any]], *, model: Any, channel_map: Any = None,
-                   crop_size: int = 640, target_pixel_size_um: float = 0.0800885, normalize: str | None = None,
+                   crop_size: int = 640, target_pixel_size_um: float = HPA_PIXEL_SIZE_UM, normalize: str | None = None,
                    mask: bool = False) -> list[CellAttention]:
     """SubCell pooler attention of example cells: ``(crop, attention)`` per cell, in the order given.
 
@@ -391,7 +366,7 @@ def _gallery(store: ScreenStore, page: Page, resolution: float, labels: dict[int
             for recs in recs_per_row:
                 pairs = attention_maps(store, recs, model=model, channel_map=channel_map,
                                        crop_size=int(params.get("crop_size", 640)),
-                                       target_pixel_size_um=float(params.get("target_pixel_size_um", 0.0800885)),
+                                       target_pixel_size_um=float(params.get("target_pixel_size_um", HPA_PIXEL_SIZE_UM)),
                                        normalize=params.get("normalize"), mask=bool(params.get("mask", False)))
                 overlays.append([_display_crop(map_plots.attention_overlay(a.crop, a.attention), 96) for a in pairs])
         except Exception as exc:  # noqa: BLE001 - the gallery is still useful without overlays
