@@ -79,7 +79,7 @@ def test_reports_built_by_run_show_it_finished(smoke_run):
         # the time the reports show is when the stages were done, at or before the final record
         assert shown <= rec["finished_at"].strftime("%Y-%m-%d %H:%M:%S")
         assert page.values["featurizer"] == "classical"
-        kind = "QC report" if path.name.startswith("qc") else "Hit report"
+        kind = {"qc": "QC report", "hit": "Hit report", "map": "Phenotypic map"}[path.name.split("_")[0]]
         assert page.title == f"{kind} — HDAC8 pilot, plate 1"
 
 

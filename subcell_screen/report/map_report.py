@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from ..embed.registry import HPA_PIXEL_SIZE_UM
-from ._build import _banner
+from ._build import _banner, _titled
 from ._html import Page
 from ._queries import NotComputed, run_query, table_state
 
@@ -450,7 +450,7 @@ def build_map_report(
     out_dir
         Output folder: ``map_report.html`` and its figures as ``map_report_<figure>.png``.
     title
-        Page title (default ``Phenotypic map — <screen folder>``).
+        Page title (default ``Phenotypic map — <[screen].name>``, else the screen folder's name).
     resolution
         Resolution drawn (default :func:`display_resolution` with ``max_clusters``).
     max_clusters
@@ -475,7 +475,8 @@ def build_map_report(
     """
     st, close = _open(store)
     try:
-        page = Page(Path(out_dir), stem=_STEM, title=title or f"Phenotypic map — {st.path.resolve().name}")
+        page = Page(Path(out_dir), stem=_STEM, title="")
+        _titled(st, page, title, "Phenotypic map")
         banner = _banner(st, page)
         shown = _summary(st, page, q_threshold=q_threshold, max_clusters=max_clusters)
         if shown is not None:
