@@ -196,7 +196,14 @@ class EmbeddingSection(_Section):
     compile: bool = Field(default=False, description=(
         "torch.compile the model (faster on GPUs after a warm-up)."))
     store_dtype: Literal["float32", "float16"] = Field(default="float32", description=(
-        "Storage type of per-cell embeddings (float16 halves the files; profiles are computed before)."))
+        "Storage type of the kept per-cell features (float16 halves them; site and well profiles are computed "
+        "from float32 before)."))
+    keep_cells: Literal["all", "sample", "none"] = Field(default="all", description=(
+        "Per-cell features kept in the store: all, a sample of cells_per_well per well, or none. Well profiles, "
+        "scores and reports are exact either way (cells are reduced to site profiles before anything is "
+        "dropped; both cell_to_site choices are kept per site); per-cell exports need kept cells."))
+    cells_per_well: int = Field(default=200, gt=0, description=(
+        "keep_cells = sample: cells kept per well (a fixed random choice across its sites, the same every run)."))
     allow_fallback: bool = Field(
         default=False, description="Use classical features when SubCell weights are missing.")
     classical_families: list[Literal["shape", "intensity", "texture", "correlation", "radial"]] = Field(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -303,18 +303,28 @@ def _run_profile(store: ScreenStore, config: RunConfig, plan: RunPlan, *, progre
                              f"{lines}\nRun the embed stage again (`subcell-screen run CONFIG` resumes and "
                              "re-featurizes exactly those sites), then the profile stage.")
 
-    missing = store.damaged_cell_feature_files(fs, read_footers=False)  # a stat per file: a well never vanishes
+    # sites reduced to site profiles when they were featurized need no cells; older ones are reduced from
+    # their stored cells, which must then be there: a well never silently loses a site
+    need_cells = store.sites_without_profiles(fs)
+    missing = store.damaged_cell_feature_files(fs, need_cells, read_footers=False) if need_cells else {}
     if missing:
         raise refuse(missing)
     try:
         wide = well_profiles_from_store(store, feature_set=fs, cell_to_site=prof.cell_to_site,
                                         site_to_well=prof.site_to_well, progress=progress)
     except Exception as exc:
-        damaged = store.damaged_cell_feature_files(fs)
+        damaged = store.damaged_cell_feature_files(fs, need_cells) if need_cells else {}
         if not damaged:
             raise
         raise refuse(damaged) from exc
     sets = build_profile_sets(store.attach_cell_counts(wide), section=prof)
+    lost = store.damaged_cell_feature_files(fs)  # profiles are whole without them; the cells are not
+    if lost:
+        files = sorted({why for why in lost.values()})
+        sets = replace(sets, messages=sets.messages + (
+            f"{len(lost)} site(s) lost their per-cell rows ({'; '.join(files[:3])}); the profiles are complete "
+            "(computed from site profiles), per-cell exports and cell galleries are not: `subcell-screen run "
+            f"CONFIG` featurizes those sites again, e.g. {', '.join(f'{k[0]} {k[1]} s{k[2]}' for k in list(lost)[:3])}",))
     store.clear_profiles()
     for name, frame in sets.sets().items():
         store.write_profiles(frame, profile_set=name, feature_set=fs, final=name == sets.final_name)

@@ -22,6 +22,7 @@ Add a case: write ``_case_<name>(tmp_path)`` and a :class:`Case` row in ``CASES`
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import threading
 from collections import Counter
@@ -489,7 +490,7 @@ def _real_plate(tmp_path: Path, *, drop=(), **sections):
 
 
 def _per_cell_file(tmp_path: Path, damage: Callable[[Path], None]) -> None:
-    from subcell_screen.pipeline import PipelineError, run
+    from subcell_screen.pipeline import run
     from subcell_screen.store import ScreenStore
 
     _, cfg = _real_plate(tmp_path)
@@ -498,15 +499,20 @@ def _per_cell_file(tmp_path: Path, damage: Callable[[Path], None]) -> None:
         before = store.read_cell_features("classical").sort("well", "cell_id")
         target = store.cell_feature_file("classical", "P1", "B03", 1)
     damage(target)
-    with pytest.raises(PipelineError, match=r"P1 B03 s1: .*B03_s1\.parquet is (missing|unreadable)"):
-        run(cfg, stages=("profile",), progress=False)  # never a profile set without the well, never a traceback
-    seg, emb = run(cfg, stages=("segment", "embed"), progress=False).stages  # resume rebuilds exactly that site
-    assert (emb.ok, emb.skipped) == (1, 3) and any("featurized again" in m for m in seg.messages + emb.messages)
-    with ScreenStore.open(cfg.screen.path, read_only=True) as store:
-        after = store.read_cell_features("classical").sort("well", "cell_id")
-    assert after.equals(before)
+    # the profiles come from the site profiles: every well is there, and the lost cells are named
     prof = run(cfg, stages=("profile",), progress=False).stages[0]
     assert prof.ok == 4
+    assert any(re.search(r"4 site\(s\) lost their per-cell rows \(.*cells-\w+\.parquet is (missing|unreadable)", m)
+               and "P1 B03 s1" in m for m in prof.messages), prof.messages
+    # resume rebuilds the sites of that file (the plate's compacted file: all 4)
+    seg, emb = run(cfg, stages=("segment", "embed"), progress=False).stages
+    assert (emb.ok, emb.skipped) == (4, 0) and any("featurized again" in m for m in seg.messages + emb.messages)
+    with ScreenStore.open(cfg.screen.path, read_only=True) as store:
+        after = store.read_cell_features("classical").sort("well", "cell_id")
+        assert store.damaged_cell_feature_files("classical") == {}
+    assert after.equals(before)
+    prof = run(cfg, stages=("profile",), progress=False).stages[0]
+    assert prof.ok == 4 and not any("lost" in m for m in prof.messages)
 
 
 def _case_cell_file_deleted(tmp_path: Path) -> None:
@@ -667,9 +673,9 @@ CASES: tuple[Case, ...] = (
          "refused", "LayoutError", _case_portable_prefix_symlink),
     Case("portable-legacy-output-folder-outside-o", 11, "legacy output_folder = /abs/path with -o given",
          "refused", "LayoutError", _case_portable_legacy_folder_outside_o),
-    Case("per-cell-file-deleted-after-its-stage", 6, "a site's per-cell Parquet deleted after embed finished",
-         "refused", "PipelineError", _case_cell_file_deleted),
-    Case("per-cell-file-corrupt", 6, "a site's per-cell Parquet cut to 200 bytes", "refused", "PipelineError",
+    Case("per-cell-file-deleted-after-its-stage", 6, "a plate's per-cell Parquet deleted after embed finished",
+         "marked", "-", _case_cell_file_deleted),
+    Case("per-cell-file-corrupt", 6, "a plate's per-cell Parquet cut to 200 bytes", "marked", "-",
          _case_cell_file_corrupt),
     Case("whole-plate-fails", 7, "every DNA file of the plate truncated", "refused", "PipelineError",
          _case_whole_plate_fails),

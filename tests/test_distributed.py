@@ -29,7 +29,9 @@ KEYS = ["plate", "well", "site", "cell_id"]
 #: Tables the per-site stages write, compared in full (timestamps and run ids aside).
 SITE_TABLES = {"cells": "*", "masks": "*", "segmentation_qc": "*", "site_qc": "*", "cell_readouts": "*",
                "sites": "* EXCLUDE (updated_at)", "feature_sets": "* EXCLUDE (created_at)",
-               "site_stages": "* EXCLUDE (updated_at, run_id, seconds)"}
+               "site_stages": "* EXCLUDE (updated_at, run_id, seconds)",
+               "site_profiles": "* EXCLUDE (median, mean, probabilities)",
+               "cell_files": "* EXCLUDE (updated_at, file), file IS NOT NULL AS stored"}
 
 
 def _config(sim, path: Path, *, embedding: dict, ray: dict | None = None):
@@ -45,6 +47,13 @@ def _tables(path: Path) -> dict[str, pl.DataFrame]:
         fs = store.sql("SELECT feature_set FROM feature_sets")["feature_set"].to_list()
         assert len(fs) == 1
         out["features"] = store.read_cell_features(fs[0]).sort(KEYS)
+        prof = store.sql("SELECT plate, well, site, median, mean, probabilities FROM site_profiles ORDER BY ALL")
+        out["site_profile_arrays"] = {c: np.array(prof[c].to_list(), dtype=np.float64)
+                                      for c in ("median", "mean") if prof.height}
+        from subcell_screen.profiles import well_profiles_from_store
+
+        out["well_profiles"] = well_profiles_from_store(store, feature_set=fs[0], metadata=False).sort(
+            "Metadata_Plate", "Metadata_Well")
     return out
 
 
@@ -61,6 +70,18 @@ def _assert_same_tables(a: dict, b: dict, *, exact_features: bool = True) -> Non
             np.testing.assert_array_equal(x, y, err_msg=col)
         else:  # torch uses 1 thread in a Ray worker and all cores here: last-bit differences in small GEMMs
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=col)
+    # the site profiles computed on the workers, and the well profiles built from them on the driver
+    for col, x in a["site_profile_arrays"].items():
+        y = b["site_profile_arrays"][col]
+        assert x.shape == y.shape and x.shape[0] > 0
+        if exact_features:
+            np.testing.assert_array_equal(x, y, err_msg=col)
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=col)
+    wa, wb = a["well_profiles"], b["well_profiles"]
+    assert wa.height == wb.height > 0 and wa.columns == wb.columns
+    if exact_features:
+        assert wa.equals(wb)
 
 
 @pytest.fixture(scope="module")
@@ -120,19 +141,47 @@ def test_classical_same_tables_and_features_as_local(local_classical, ray_classi
     _assert_same_tables(local_classical, _tables(cfg.screen.path))
 
 
-def test_outputs_one_file_per_site_in_plate_folders(ray_classical):
+def test_outputs_moved_into_the_store_and_compacted(ray_classical):
+    """Workers write one file per site; the driver moves the per-cell files into the store without reading
+    them, and a Ray task compacts each finished plate into one file."""
     cfg, result = ray_classical
     out = Path(cfg.screen.path) / "ray_output"
     with ScreenStore.open(cfg.screen.path, read_only=True) as store:
         keys = store.sql("SELECT plate, well, site FROM sites ORDER BY ALL").rows()
+        storage = store.cell_storage(result.plan.feature_set)
+        files = store.cell_feature_files(result.plan.feature_set)
     expected = {f"plate={p}/{w}_s{s}.parquet" for p, w, s in keys}
     assert {str(p.relative_to(out / "sites")) for p in (out / "sites").rglob("*.parquet")} == expected
     fs_dir = out / "features" / result.plan.feature_set
-    assert {str(p.relative_to(fs_dir)) for p in fs_dir.rglob("*.parquet")} == expected
+    assert not list(fs_dir.rglob("*.parquet"))  # moved, not copied: no second copy of the cells
     assert not list(out.rglob("*.tmp")) and not list((out / "_inflight").rglob("*_s*"))
-    # the per-plate Parquet is readable as one table: every cell of the store once
-    cells = pl.read_parquet(fs_dir / "plate=SIMHPA001" / "*.parquet")
+    assert storage["files"].to_list() == [1] and len(files) == 1 and files[0].name.startswith("cells-")
+    cells = pl.read_parquet(files[0])
     assert cells.height == result.stages[0].cells and cells.select(KEYS).is_unique().all()
+
+
+def test_driver_reads_no_cells(sim, tmp_path):
+    """A worker's site row carries the site profile: the driver's outcome holds no features, and reading it
+    does not open the per-cell file."""
+    from subcell_screen.distributed._outputs import read_outcome, write_outcome
+    from subcell_screen.engine import SiteProcessor, mapped_channels, site_index
+    from subcell_screen.io import iter_sites
+    from subcell_screen.layouts import read_plates_table
+
+    cfg = _config(sim, tmp_path / "screen", embedding=FAST_CLASSICAL)
+    design = read_plates_table(cfg.plates.table, layouts_dir=cfg.plates.layouts_dir)
+    index = mapped_channels(site_index(cfg, design), cfg.channel_map())
+    proc = SiteProcessor(cfg, featurizer="classical", feature_set="classical")
+    record, site = next(iter(iter_sites(list(index)[:1], progress=False)))
+    outcome = proc.process(site, segment=True, featurize=True)
+    path = write_outcome(tmp_path / "out", outcome, kind="classical", feature_set="classical",
+                         features=proc.features)
+    cell_file = Path(read_outcome(path).cell_file)
+    cell_file.unlink()  # the driver must not need it to build the outcome
+    got = read_outcome(path)
+    assert got.features is None and got.n_cells == outcome.n_cells > 0
+    np.testing.assert_array_equal(got.site_profile.median, outcome.site_profile.median)
+    np.testing.assert_array_equal(got.site_profile.mean, outcome.site_profile.mean)
 
 
 def test_rerun_skips_finished_sites(ray_classical):

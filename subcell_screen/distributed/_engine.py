@@ -112,10 +112,49 @@ def run_sites_ray(store: Any, config: Any, plan: Any, *, stages: Sequence[str], 
     notes: list[str] = []
     if sel.records:
         with ray_session(config.ray, address=address) as session:
+            writer.compactor = RayCompactor(ray)
             notes.extend(_run_pipeline(ray, session, store, config, plan, sel, writer, force=force,
                                        progress=progress))
+            writer.finish()
+    else:
+        writer.finish()  # plates left uncompacted by an interrupted run
     results = stage_results(store, sel, writer.tally, total_seconds=time.perf_counter() - t_start)
     return [replace(r, messages=tuple(notes) + r.messages) for r in results]
+
+
+class RayCompactor:
+    """Compacts finished plates on Ray workers (the driver reads no cells); commits each as it finishes.
+
+    A compaction that fails leaves the plate's per-site files and manifest as they were (a warning says so);
+    the next run compacts it.
+    """
+
+    def __init__(self, ray: Any) -> None:
+        from ..store import compact_cell_files
+
+        self.ray = ray
+        self.pending: dict[Any, Any] = {}
+        self._task = ray.remote(num_cpus=1, max_retries=2)(compact_cell_files)
+
+    def submit(self, store: Any, job: Any) -> None:
+        self.pending[self._task.remote(job)] = job
+
+    def poll(self, store: Any, *, wait: bool = False) -> None:
+        if not self.pending:
+            return
+        ready, _ = self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=None if wait else 0)
+        for ref in ready:
+            job = self.pending.pop(ref)
+            try:
+                rows = self.ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the per-site files stay valid
+                logger.warning("compaction of plate %s (%s) failed; its per-site files are kept and the next run "
+                               "compacts it: %s", job.plate, job.feature_set, exc)
+                continue
+            store.commit_compaction(job, rows)
+
+    def drain(self, store: Any) -> None:
+        self.poll(store, wait=True)
 
 
 def _run_pipeline(ray: Any, session: Any, store: Any, config: Any, plan: Any, sel: Any, writer: Any, *,

@@ -5,7 +5,9 @@ every node and the driver see)::
 
     <output>/sites/plate=<plate>/<well>_s<site>.parquet             one row: status, errors, timings, masks,
                                                                      cells table, QC rows, protein readout
-    <output>/features/<feature_set>/plate=<plate>/<well>_s<site>.parquet   per-cell features (float32)
+    <output>/features/<feature_set>/plate=<plate>/<well>_s<site>.parquet   per-cell features as the store
+                                                                     keeps them (the driver moves the file
+                                                                     into the store without reading it)
     <output>/_inflight/<stage>/<plate>/<well>_s<site>                 "a worker is on this site" markers
 
 File names depend only on the site, and every file is written to a temporary name and renamed into place,
@@ -156,34 +158,28 @@ def _from_ipc(blob: bytes | None) -> pl.DataFrame | None:
     return None if blob is None else pl.read_ipc(io.BytesIO(blob))
 
 
-def _features_frame(out: Any, kind: str) -> tuple[pl.DataFrame | None, dict]:
-    """Per-cell frame written to ``features/`` and the metadata needed to rebuild the featurizer output."""
-    if kind == "classical":
-        return out, {}
-    from ..embed import EmbeddingResult
-    from ..embed.export import embeddings_frame
-
-    results = list(out)
-    if not results:
-        return None, {"n_results": 0}
-    merged = EmbeddingResult.concat(results) if len(results) > 1 else results[0]
-    return embeddings_frame(merged, dtype="float32"), {"n_results": len(results),
-                                                         "pass_names": list(merged.pass_names),
-                                                         "model": merged.model}
-
-
-def write_outcome(output: str | Path, out: Any, *, kind: str, feature_set: str) -> Path:
+def write_outcome(output: str | Path, out: Any, *, kind: str, feature_set: str, features: Any = None) -> Path:
     """Write one site's :class:`~subcell_screen.engine.SiteOutcome` (site row + per-cell features).
 
-    Returns the path of the site file; the driver reads it with :func:`read_outcome`.
+    ``features`` is the run's featurizer (:class:`~subcell_screen.features.ClassicalSiteFeatures` or
+    :class:`~subcell_screen.embed.SubcellSiteFeatures`): the per-cell file holds what the store keeps
+    (``keep_cells``, ``store_dtype``), and the site row carries the site profile and what registering the
+    feature set needs, so the driver never reads the cells. Returns the path of the site file; the driver
+    reads it with :func:`read_outcome`.
     """
     seg = out.segmentation
     meta: dict = {}
-    if out.featurized and out.feat_error is None:
-        frame, meta = _features_frame(out.features, kind)
+    profile = out.site_profile
+    cell_file = None
+    if out.featurized and out.feat_error is None and features is not None:
+        meta = features.describe(out.features)
+        if profile is None:
+            profile = features.site_profile(out.features)
         path = features_file(output, feature_set, out.key)
-        if frame is not None:
+        frame = features.cell_frame(out.features) if features.keep_cells != "none" else None
+        if frame is not None and frame.height:
             _atomic_parquet(frame, path)
+            cell_file = str(path)
         else:
             path.unlink(missing_ok=True)
     plate, well, site = out.key
@@ -202,11 +198,17 @@ def write_outcome(output: str | Path, out: Any, *, kind: str, feature_set: str) 
         "featurized": [out.featurized], "feat_error_type": [out.feat_error[0] if out.feat_error else None],
         "feat_error": [out.feat_error[1] if out.feat_error else None], "feat_seconds": [float(out.feat_seconds)],
         "feature_kind": [kind], "feature_set": [feature_set], "feature_meta": [json.dumps(meta)],
+        "cell_file": [cell_file], "n_cells": [profile.n_cells if profile is not None else 0],
+        "profile_median": [profile.median if profile is not None else None],
+        "profile_mean": [profile.mean if profile is not None else None],
+        "profile_probabilities": [profile.probabilities if profile is not None else None],
     }
     schema = {"site": pl.Int32, "load_error": pl.String, "site_qc": pl.Binary, "seg_error_type": pl.String,
               "seg_error": pl.String, "method": pl.String, "pixel_size_um": pl.Float64, "nuclei": pl.Binary,
               "cells": pl.Binary, "height": pl.Int32, "width": pl.Int32, "cells_table": pl.Binary, "readouts": pl.Binary, "feat_error_type": pl.String,
-              "feat_error": pl.String, "channel_names": pl.List(pl.String)}
+              "feat_error": pl.String, "channel_names": pl.List(pl.String), "cell_file": pl.String,
+              "n_cells": pl.Int64, "profile_median": pl.List(pl.Float64), "profile_mean": pl.List(pl.Float64),
+              "profile_probabilities": pl.List(pl.Float64)}
     path = site_file(output, out.key)
     _atomic_parquet(pl.DataFrame(row, schema_overrides=schema), path)
     return path
@@ -230,32 +232,20 @@ def read_outcome(path: str | Path, *, output: str | Path | None = None, decode: 
                                   method=r["method"], pixel_size_um=r["pixel_size_um"])
         if decode:
             seg = seg.decode()
-    features = None
-    if r["featurized"] and r["feat_error"] is None:
-        features = _read_features(features_file(output, r["feature_set"], key), r["feature_kind"],
-                                  json.loads(r["feature_meta"]))
+    profile = None
+    if r["featurized"] and r["feat_error"] is None and r["profile_median"] is not None:
+        from ..profiles import SiteProfile
+
+        probs = r["profile_probabilities"]
+        profile = SiteProfile(n_cells=int(r["n_cells"]), median=np.asarray(r["profile_median"], dtype=np.float64),
+                              mean=np.asarray(r["profile_mean"], dtype=np.float64),
+                              probabilities=None if probs is None else np.asarray(probs, dtype=np.float64))
     return SiteOutcome(
         key=key, channel_names=tuple(r["channel_names"] or ()), load_error=r["load_error"],
         site_qc=_from_ipc(r["site_qc"]), segmented=bool(r["segmented"]), segmentation=seg,
         readouts=_from_ipc(r["readouts"]),
         seg_error=(r["seg_error_type"], r["seg_error"]) if r["seg_error"] is not None else None,
-        seg_seconds=float(r["seg_seconds"]), featurized=bool(r["featurized"]), features=features,
+        seg_seconds=float(r["seg_seconds"]), featurized=bool(r["featurized"]), features=None,
         feat_error=(r["feat_error_type"], r["feat_error"]) if r["feat_error"] is not None else None,
-        feat_seconds=float(r["feat_seconds"]))
-
-
-def _read_features(path: Path, kind: str, meta: dict) -> Any:
-    if kind == "classical":
-        return pl.read_parquet(path)
-    if not meta.get("n_results"):
-        return []
-    from ..embed import EmbeddingResult
-
-    df = pl.read_parquet(path)
-    emb = np.ascontiguousarray(df["features"].to_numpy(), dtype=np.float32)
-    probs = (np.ascontiguousarray(df["probabilities"].to_numpy(), dtype=np.float32)
-             if "probabilities" in df.columns else None)
-    keys = df.select("plate", "well", "site", "cell_id")
-    return [EmbeddingResult(keys=keys, embedding=emb.reshape(df.height, -1),
-                            probabilities=None if probs is None else probs.reshape(df.height, -1),
-                            pass_names=tuple(meta["pass_names"]), model=meta["model"])]
+        feat_seconds=float(r["feat_seconds"]), site_profile=profile, cell_file=r["cell_file"],
+        feature_meta=json.loads(r["feature_meta"]) if r["feature_meta"] else None)

@@ -310,6 +310,7 @@ def write_sites(batch: Any, *, spec: StageSpec) -> Any:
 
     from ..engine import SiteOutcome
 
+    features = _processor(spec).features
     keys, paths = [], []
     for key, p in _rows(batch):
         seg = p.get("seg")
@@ -320,7 +321,8 @@ def write_sites(batch: Any, *, spec: StageSpec) -> Any:
             readouts=p.get("readouts"), seg_error=p.get("seg_error"), seg_seconds=float(p.get("seg_seconds", 0.0)),
             featurized=bool(p.get("featurized")), features=p.get("features"), feat_error=p.get("feat_error"),
             feat_seconds=float(p.get("feat_seconds", 0.0)))
-        path = out_.write_outcome(spec.output, outcome, kind=spec.feature_kind, feature_set=spec.feature_set)
+        path = out_.write_outcome(spec.output, outcome, kind=spec.feature_kind, feature_set=spec.feature_set,
+                                  features=features)
         keys.append(key)
         paths.append(str(path))
     return pa.table({"plate": pa.array([k[0] for k in keys], pa.string()),

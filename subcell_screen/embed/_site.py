@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,17 +113,70 @@ class SubcellSiteFeatures:
                 "precision_choice": choice.to_dict() if choice is not None else None,
                 "target_pixel_size_um": sec.target_pixel_size_um}
 
-    def write_many(self, store: Any, keys: Sequence[tuple[str, str, int]], channel_names: Sequence[str],
-                   outputs: Sequence[list[EmbeddingResult]]) -> None:
-        """Store several sites' embeddings (one file per site with cells; a site without cells gets none)."""
-        from .export import write_embeddings
+    @property
+    def keep_cells(self) -> str:
+        """Per-cell storage policy (``[embedding].keep_cells``)."""
+        return self.section.keep_cells
 
-        results = [r for out in outputs for r in out]
+    @staticmethod
+    def site_profile(results: list[EmbeddingResult]) -> Any:
+        """The :class:`~subcell_screen.profiles.SiteProfile` of one site's output (None without cells), from
+        the float32 embeddings before any storage rounding."""
+        import numpy as np
+
+        from ..profiles import site_profile
+
+        res = [r for r in results if len(r.embedding)]
+        if not res:
+            return None
+        emb = res[0].embedding if len(res) == 1 else np.concatenate([r.embedding for r in res])
+        probs = None
+        if all(r.probabilities is not None for r in res):
+            probs = res[0].probabilities if len(res) == 1 else np.concatenate([r.probabilities for r in res])
+        return site_profile(emb, probabilities=probs)
+
+    @staticmethod
+    def describe(results: list[EmbeddingResult]) -> dict[str, Any]:
+        """What the store needs to register the feature set without the cells (a Ray worker sends it)."""
         if not results:
+            return {}
+        return {"pass_names": list(results[0].pass_names), "model": results[0].model,
+                "dim": int(results[0].embedding_dim)}
+
+    def register(self, store: Any, *, channel_names: Sequence[str], meta: Mapping[str, Any]) -> None:
+        """Register (or update) the feature set from :meth:`describe` output (nothing without cells)."""
+        from .classes import probability_columns
+        from .engine import EmbeddingResult
+
+        if not meta:
             return
         prov = model_provenance(self.model)
         sha = {f: v["sha256"] for f, v in prov.get("files", {}).items()} if isinstance(prov.get("files"), dict) \
             and all(isinstance(v, dict) for v in prov["files"].values()) else prov.get("files", {})
-        write_embeddings(store, results, feature_set=self.feature_set, dtype=self.section.store_dtype,
-                         model=self.section.model, model_sha256=sha, parameters=self.parameters(),
-                         sites=[k for k, out in zip(keys, outputs) if out])
+        params = {"dtype": self.section.store_dtype, "passes": list(meta["pass_names"]),
+                  "probability_columns": probability_columns(tuple(meta["pass_names"]))}
+        params.update(self.parameters())
+        store.register_feature_set(self.feature_set, kind="subcell",
+                                   feature_names=EmbeddingResult.names_for(meta["pass_names"], meta["dim"]),
+                                   model=self.section.model or meta.get("model"), model_sha256=sha,
+                                   parameters=params)
+
+    def cell_frame(self, results: list[EmbeddingResult]) -> Any:
+        """One site's per-cell frame as stored (``store_dtype``), or None without cells."""
+        from .engine import EmbeddingResult
+        from .export import embeddings_frame
+
+        res = [r for r in results if len(r.embedding)]
+        if not res:
+            return None
+        merged = EmbeddingResult.concat(res) if len(res) > 1 else res[0]
+        return embeddings_frame(merged, dtype=self.section.store_dtype).sort("cell_id")
+
+    def write_many(self, store: Any, keys: Sequence[tuple[str, str, int]], channel_names: Sequence[str],
+                   outputs: Sequence[list[EmbeddingResult]]) -> None:
+        """Store several sites' embeddings: one staging file per site with cells (``keep_cells`` "all" or
+        "sample"; the sample is drawn when the plate is compacted), a manifest row for every site."""
+        meta = next((self.describe(out) for out in outputs if out), {})
+        self.register(store, channel_names=channel_names, meta=meta)
+        store.write_site_cells(self.feature_set, keys, [self.cell_frame(out) for out in outputs],
+                               keep=self.keep_cells)

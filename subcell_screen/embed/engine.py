@@ -92,10 +92,15 @@ class EmbeddingResult:
 
     def feature_names(self) -> list[str]:
         """``feat0000..`` for one pass, ``<pass>_feat0000..`` for several (as :meth:`ChannelMap.feature_names`)."""
-        per = self.embedding_dim // max(self.n_passes, 1)
-        if self.n_passes == 1:
+        return self.names_for(self.pass_names, self.embedding_dim)
+
+    @staticmethod
+    def names_for(pass_names: Sequence[str], embedding_dim: int) -> list[str]:
+        """Feature names of an embedding of ``embedding_dim`` columns from passes ``pass_names``."""
+        per = int(embedding_dim) // max(len(pass_names), 1)
+        if len(pass_names) == 1:
             return [f"feat{i:04d}" for i in range(per)]
-        return [f"{p}_feat{i:04d}" for p in self.pass_names for i in range(per)]
+        return [f"{p}_feat{i:04d}" for p in pass_names for i in range(per)]
 
     def probability_names(self) -> list[str]:
         """``prob00..prob30`` (or ``<pass>_probNN``)."""

@@ -94,6 +94,7 @@ def run_local(store: ScreenStore, config: RunConfig, plan: RunPlan, design: Scre
                 else:
                     _, need_seg, need_emb, stored, raw = _task(store, sel, record)
                     writer.add(_process(processor, site, need_seg, need_emb, stored, raw))
+        writer.finish()  # compacts the plates completed (not when the run stopped on an error)
     bar.close()
     return stage_results(store, sel, writer.tally, total_seconds=time.perf_counter() - t_start, messages=notes)
 

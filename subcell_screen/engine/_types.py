@@ -84,7 +84,10 @@ class SiteOutcome:
 
     ``segmented``/``featurized`` say whether that stage ran for this site in this run; ``*_error`` is
     ``(exception type name, message)`` of a failed stage. ``segmentation`` is a
-    :class:`~subcell_screen.segment.Segmentation` (or its compressed form from a Ray worker).
+    :class:`~subcell_screen.segment.Segmentation` (or its compressed form from a Ray worker). ``features`` is
+    the featurizer's output in memory; a Ray worker's outcome has none, but the per-cell file it wrote
+    (``cell_file``, absent when no cell is kept) and ``feature_meta`` (what registering the feature set
+    needs). ``site_profile`` is the :class:`~subcell_screen.profiles.SiteProfile` (None: no cells).
     """
 
     key: tuple[str, str, int]
@@ -100,6 +103,14 @@ class SiteOutcome:
     features: Any = field(default=None, repr=False)
     feat_error: tuple[str, str] | None = None
     feat_seconds: float = 0.0
+    site_profile: Any = field(default=None, repr=False)
+    cell_file: str | None = None
+    feature_meta: dict | None = field(default=None, repr=False)
+
+    @property
+    def n_cells(self) -> int:
+        """Cells featurized (from the site profile: a Ray worker's outcome carries no cells)."""
+        return 0 if self.site_profile is None else int(self.site_profile.n_cells)
 
 
 @dataclass

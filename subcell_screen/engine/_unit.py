@@ -167,5 +167,6 @@ class SiteProcessor:
                 return out
         if featurize:
             feats, error, dt = self.featurize(site, seg, raw_dtype=raw_dtype)
-            out = replace(out, featurized=True, features=feats, feat_error=error, feat_seconds=dt)
+            out = replace(out, featurized=True, features=feats, feat_error=error, feat_seconds=dt,
+                          site_profile=self.features.site_profile(feats) if error is None else None)
         return out

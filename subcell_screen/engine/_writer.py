@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._select import SiteSelection
     from ._unit import SiteProcessor
 
-__all__ = ["SiteWriter", "stage_results", "failure_reasons"]
+__all__ = ["SiteWriter", "LocalCompactor", "stage_results", "failure_reasons"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,21 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
+class LocalCompactor:
+    """Compacts a plate's per-cell files in this process, right away."""
+
+    def submit(self, store: ScreenStore, job: Any) -> None:
+        from ..store import compact_cell_files
+
+        store.commit_compaction(job, compact_cell_files(job))
+
+    def poll(self, store: ScreenStore) -> None:
+        """Commit finished compactions (none pending here)."""
+
+    def drain(self, store: ScreenStore) -> None:
+        """Wait for and commit every pending compaction (none pending here)."""
+
+
 class SiteWriter:
     """Stores site outcomes ``batch_sites`` at a time (call :meth:`flush` at the end, or use ``with``).
 
@@ -83,18 +98,29 @@ class SiteWriter:
     batch_sites, max_wait_s
         Write when this many sites are pending, or when the oldest has waited this long (the local engine
         writes each site as it finishes; the Ray driver, fed by many workers, 64 at a time).
+    compactor
+        Runs the compaction of a plate whose featurization completed (default :class:`LocalCompactor`: in
+        this process, one row group in memory at a time; the Ray engine runs them on workers).
     """
 
     def __init__(self, store: ScreenStore, *, processor: SiteProcessor, selection: SiteSelection, run_id: str,
-                 batch_sites: int = 1, max_wait_s: float = 5.0) -> None:
+                 batch_sites: int = 1, max_wait_s: float = 5.0, compactor: Any = None) -> None:
         self.store, self.processor, self.selection, self.run_id = store, processor, selection, run_id
         self.tally = StageTally()
         self.batch_sites = max(1, int(batch_sites))
         self.max_wait_s = max_wait_s
         self.pending: list[SiteOutcome] = []
         self.seconds = 0.0
+        self.compact_seconds = 0.0
         self.sites = 0
         self._since = time.monotonic()
+        self.compactor = compactor if compactor is not None else LocalCompactor()
+        self._remaining: dict[str, int] | None = None
+        if selection.do_emb:
+            self._remaining = {}
+            for r in selection.index:
+                if r.key not in selection.check_failed and selection.needs_embed(r.key):
+                    self._remaining[r.plate] = self._remaining.get(r.plate, 0) + 1
 
     def __enter__(self) -> SiteWriter:
         return self
@@ -183,16 +209,11 @@ class SiteWriter:
             else:
                 feats.append(o)
         if feats:
-            features = self.processor.features
             t0 = time.perf_counter()
-            by_channels: dict[tuple, list[SiteOutcome]] = {}
-            for o in feats:
-                by_channels.setdefault(tuple(o.channel_names), []).append(o)
-            for channels, group in by_channels.items():
-                features.write_many(store, [o.key for o in group], channels, [o.features for o in group])
+            self._store_features(feats)
             share = (time.perf_counter() - t0) / len(feats)
             for o in feats:
-                n, s = features.n_cells(o.features), o.feat_seconds + share
+                n, s = o.n_cells, o.feat_seconds + share
                 stages.append({"plate": o.key[0], "well": o.key[1], "site": int(o.key[2]), "stage": sel.embed_stage,
                                "status": "ok", "n_cells": n, "run_id": self.run_id, "seconds": s})
                 tally.emb["ok"] += 1
@@ -205,6 +226,73 @@ class SiteWriter:
                 if row["stage"] == sel.embed_stage and row["status"] == "ok":
                     logger.info("%s %s %s s%d: %d cells in %.2f s", verb, row["plate"], row["well"], row["site"],
                                 row["n_cells"], row["seconds"])
+        self._plates_progress(outs)
+
+    def _store_features(self, feats: Sequence[SiteOutcome]) -> None:
+        """Per-cell files (under the keep policy), the manifest and the site profiles of featurized sites."""
+        from ..profiles import profiles_of
+
+        store, features = self.store, self.processor.features
+        fs = self.processor.features.feature_set
+        local = [o for o in feats if o.features is not None]
+        by_channels: dict[tuple, list[SiteOutcome]] = {}
+        for o in local:
+            by_channels.setdefault(tuple(o.channel_names), []).append(o)
+        for channels, group in by_channels.items():
+            features.write_many(store, [o.key for o in group], channels, [o.features for o in group])
+        remote = [o for o in feats if o.features is None]  # a Ray worker's: its file is moved, never read
+        registered: set[str] = set()
+        for o in remote:
+            token = repr((o.channel_names, sorted((o.feature_meta or {}).items())))
+            if token not in registered:
+                features.register(store, channel_names=o.channel_names, meta=o.feature_meta or {})
+                registered.add(token)
+            if o.cell_file is not None:
+                store.adopt_cell_file(fs, o.cell_file, plate=o.key[0], well=o.key[1], site=o.key[2],
+                                      n_rows=o.n_cells)
+        not_kept = [o.key for o in remote if o.cell_file is None]
+        if not_kept:
+            store.record_cells_not_kept(fs, not_kept, kept=features.keep_cells)
+        with_cells = [o for o in feats if o.site_profile is not None]
+        store.write_site_profiles(fs, profiles_of([o.key for o in with_cells], [o.site_profile for o in with_cells]),
+                                  sites=[o.key for o in feats])
+
+    # -- compaction ----------------------------------------------------------------------------------------
+
+    def _plates_progress(self, outs: Sequence[SiteOutcome]) -> None:
+        """Compact each plate whose featurization this run has completed."""
+        if self._remaining is None:
+            return
+        for o in outs:
+            plate = o.key[0]
+            if plate in self._remaining and self.selection.needs_embed(o.key):
+                self._remaining[plate] -= 1
+                if self._remaining[plate] <= 0:
+                    del self._remaining[plate]
+                    self._compact(plate)
+        self.compactor.poll(self.store)
+
+    def _compact(self, plate: str) -> None:
+        features = self.processor.features
+        if features.keep_cells == "none":
+            return
+        job = self.store.compaction_job(self.processor.features.feature_set, plate, keep=features.keep_cells,
+                                        cells_per_well=self.processor.config.embedding.cells_per_well)
+        if job is not None:
+            t0 = time.perf_counter()
+            self.compactor.submit(self.store, job)
+            self.compact_seconds += time.perf_counter() - t0
+
+    def finish(self) -> None:
+        """Write what is pending, compact every plate still holding per-site files, and wait for the
+        compactions (call once, after the last site; not when the run stops on an error)."""
+        self.flush()
+        if self.selection.do_emb:
+            for plate in self.store.plates_to_compact(self.processor.features.feature_set):
+                self._compact(plate)
+        t0 = time.perf_counter()
+        self.compactor.drain(self.store)
+        self.compact_seconds += time.perf_counter() - t0
 
 
 def stage_results(store: ScreenStore, selection: SiteSelection, tally: StageTally, *, total_seconds: float,

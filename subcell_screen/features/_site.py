@@ -32,12 +32,14 @@ class ClassicalSiteFeatures:
         The run's channel map: its channels are measured and name the features.
     families, zernike_degree
         As in :class:`~subcell_screen.features.FeatureParams`.
+    keep_cells, store_dtype
+        Per-cell storage policy and dtype (``[embedding].keep_cells``, ``[embedding].store_dtype``).
     """
 
     kind = "classical"
 
     def __init__(self, *, feature_set: str, channel_map: ChannelMap, families: Sequence[str] | None = None,
-                 zernike_degree: int | None = None) -> None:
+                 zernike_degree: int | None = None, keep_cells: str = "all", store_dtype: str = "float32") -> None:
         from ._measure import FeatureParams
         from ._table import ClassicalFeaturizer
 
@@ -48,14 +50,18 @@ class ClassicalSiteFeatures:
             kwargs["zernike_degree"] = zernike_degree
         self.feature_set = feature_set
         self.channel_map = channel_map
+        self.keep_cells = keep_cells
+        self.store_dtype = store_dtype
         self.featurizer = ClassicalFeaturizer(params=FeatureParams(**kwargs), feature_set=feature_set)
 
     @classmethod
     def from_config(cls, section: EmbeddingSection, *, feature_set: str, channel_map: ChannelMap
                     ) -> ClassicalSiteFeatures:
-        """Built from ``[embedding]`` (``classical_families``, ``classical_zernike_degree``)."""
+        """Built from ``[embedding]`` (``classical_families``, ``classical_zernike_degree``, ``keep_cells``,
+        ``store_dtype``)."""
         return cls(feature_set=feature_set, channel_map=channel_map, families=section.classical_families,
-                   zernike_degree=section.classical_zernike_degree)
+                   zernike_degree=section.classical_zernike_degree, keep_cells=section.keep_cells,
+                   store_dtype=section.store_dtype)
 
     def compute(self, site: SiteImage, seg: Segmentation, *, raw_dtype: str | None = None) -> pl.DataFrame:
         """Per-cell table ``plate, well, site, cell_id, features``.
@@ -75,16 +81,43 @@ class ClassicalSiteFeatures:
         """Cells in one site's output."""
         return table.height
 
-    def write_many(self, store: Any, keys: Sequence[tuple[str, str, int]], channel_names: Sequence[str],
-                   tables: Sequence[pl.DataFrame]) -> None:
-        """Store several sites' outputs (same channels): one feature-set registration, one file per site
-        (an empty file for a site without cells)."""
-        from ._table import write_features
+    def site_profile(self, table: pl.DataFrame) -> Any:
+        """The :class:`~subcell_screen.profiles.SiteProfile` of one site's table (None without cells)."""
+        from ..profiles import site_profile
+
+        if table is None or table.height == 0:
+            return None
+        return site_profile(table["features"].to_numpy())
+
+    def describe(self, table: pl.DataFrame) -> dict[str, Any]:
+        """What the store needs to register the feature set without the cells (nothing: channel names)."""
+        return {}
+
+    def register(self, store: Any, *, channel_names: Sequence[str], meta: Any = None) -> None:
+        """Register the feature set of sites with these channels (``meta``: unused, see :meth:`describe`)."""
+        from ._table import register_classical
 
         names = self.featurizer.feature_names(self.featurizer.channel_names(list(channel_names), self.channel_map))
-        table = tables[0] if len(tables) == 1 else pl.concat(list(tables), how="vertical_relaxed")
-        write_features(store, table, feature_set=self.feature_set, feature_names=names,
-                       parameters=self.featurizer.parameters(), sites=list(keys))
+        register_classical(store, feature_set=self.feature_set, feature_names=names,
+                           parameters=self.featurizer.parameters())
+
+    def cell_frame(self, table: pl.DataFrame) -> pl.DataFrame | None:
+        """One site's per-cell frame as stored (``store_dtype``), or None without cells."""
+        from ._measure import KEY_COLUMNS, KEY_SCHEMA
+
+        if table is None or table.height == 0:
+            return None
+        width = table.schema["features"].size
+        dtype = pl.Float16 if self.store_dtype == "float16" else pl.Float32
+        return (table.select([*KEY_COLUMNS, "features"]).cast(dict(KEY_SCHEMA))
+                .with_columns(pl.col("features").cast(pl.Array(dtype, width))).sort("cell_id"))
+
+    def write_many(self, store: Any, keys: Sequence[tuple[str, str, int]], channel_names: Sequence[str],
+                   tables: Sequence[pl.DataFrame]) -> None:
+        """Store several sites' outputs (same channels): one feature-set registration, one staging file per
+        site with cells (``keep_cells``), a manifest row for every site."""
+        self.register(store, channel_names=channel_names)
+        store.write_site_cells(self.feature_set, keys, [self.cell_frame(t) for t in tables], keep=self.keep_cells)
 
 
 def protein_readout(site: SiteImage, seg: Segmentation, channel: str) -> pl.DataFrame:

@@ -163,6 +163,26 @@ def featurize_site(site: Any, segmentation: Any, *, channel_map: ChannelMap | No
     return (featurizer or ClassicalFeaturizer()).featurize_site(site, segmentation, channel_map=channel_map)
 
 
+def register_classical(store: ScreenStore, *, feature_set: str, feature_names: Sequence[str],
+                       parameters: Mapping[str, Any] | None = None) -> None:
+    """Register a classical feature set.
+
+    Raises
+    ------
+    ValueError
+        A feature set of that name already registered with another kind or other feature names (its files
+        would no longer be comparable).
+    """
+    names = list(feature_names)
+    existing = store.sql("SELECT kind, feature_names FROM feature_sets WHERE feature_set = ?", [feature_set])
+    if existing.height:
+        old_kind, old_names = existing.row(0)
+        if old_kind != "classical" or json.loads(old_names) != names:
+            raise ValueError(f"feature set {feature_set!r} is already registered as kind {old_kind!r} with "
+                             f"{len(json.loads(old_names))} other feature names; use another feature_set name")
+    store.register_feature_set(feature_set, kind="classical", feature_names=names, parameters=parameters)
+
+
 def write_features(store: ScreenStore, table: pl.DataFrame, *, feature_set: str = FEATURE_SET,
                    feature_names: Sequence[str], parameters: Mapping[str, Any] | None = None,
                    sites: Sequence[tuple[str, str, int]] | None = None) -> int:
@@ -204,13 +224,7 @@ def write_features(store: ScreenStore, table: pl.DataFrame, *, feature_set: str 
     if not isinstance(dtype, pl.Array) or dtype.size != len(names):
         raise ValueError(f"'features' must be pl.Array(Float32, {len(names)}) to match {len(names)} feature names, "
                          f"got {dtype}")
-    existing = store.sql("SELECT kind, feature_names FROM feature_sets WHERE feature_set = ?", [feature_set])
-    if existing.height:
-        old_kind, old_names = existing.row(0)
-        if old_kind != "classical" or json.loads(old_names) != names:
-            raise ValueError(f"feature set {feature_set!r} is already registered as kind {old_kind!r} with "
-                             f"{len(json.loads(old_names))} other feature names; use another feature_set name")
-    store.register_feature_set(feature_set, kind="classical", feature_names=names, parameters=parameters)
+    register_classical(store, feature_set=feature_set, feature_names=names, parameters=parameters)
     table = table.select(need).cast({k: v for k, v in KEY_SCHEMA.items()})
     table = table.with_columns(pl.col("features").cast(pl.Array(pl.Float32, len(names))))
     groups = {tuple(k): g for k, g in table.group_by(["plate", "well", "site"], maintain_order=True)}

@@ -112,23 +112,19 @@ def _item_probabilities(store: Any, feature_set: str, profiles: pl.DataFrame, by
     """Per item, the mean over its wells of the wells' mean per-cell SubCell probabilities (31 classes; with
     several passes, the mean over passes)."""
     try:
-        lf = store.scan_cell_features(feature_set)
-    except Exception as exc:  # noqa: BLE001 - no per-cell data: no localization section
-        logger.info("map: no per-cell data for %s (%s)", feature_set, exc)
+        wells = store.well_mean_probabilities(feature_set)  # from the site profiles: every cell counted
+    except Exception as exc:  # noqa: BLE001 - no probabilities: no localization section
+        logger.info("map: no class probabilities for %s (%s)", feature_set, exc)
         return None
-    if "probabilities" not in lf.collect_schema().names():
+    if wells is None or wells.height == 0:
         return None
-    cells = lf.select("plate", "well", "probabilities").collect()
-    if cells.height == 0:
-        return None
-    p = np.asarray(cells["probabilities"].to_list(), dtype=np.float64)
+    p = np.asarray(wells["probabilities"].to_list(), dtype=np.float64)
     if p.ndim != 2 or p.shape[1] % 31:
-        logger.warning("map: per-cell probabilities of %s have shape %s, not 31 per pass", feature_set, p.shape)
+        logger.warning("map: probabilities of %s have shape %s, not 31 per pass", feature_set, p.shape)
         return None
     p = p.reshape(p.shape[0], -1, 31).mean(axis=1)
-    wells = cells.select("plate", "well").with_row_index("_i").group_by("plate", "well", maintain_order=True) \
-        .agg(pl.col("_i"))
-    well_mean = {(pl_, w): p[np.asarray(idx)].mean(axis=0) for pl_, w, idx in wells.iter_rows()}
+    well_mean = {(pl_, w): p[i] for i, (pl_, w) in
+                 enumerate(wells.select("Metadata_Plate", "Metadata_Well").iter_rows())}
     keyed = profiles.select(list(by)).with_columns(
         pl.Series("item", _row_ids(profiles.select(list(by)))),
         profiles["Metadata_Plate"].alias("_plate"), profiles["Metadata_Well"].alias("_well"))

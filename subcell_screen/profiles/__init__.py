@@ -58,6 +58,7 @@ from ._select import (
                          features_to_exclude,
                          read_blocklist,
 )
+from ._site import SITE_PROFILE_SCHEMA, SiteProfile, profiles_of, site_profile, site_profiles_frame
 from ._stage import CONSENSUS_BY, PROFILE_SETS, ProfileSets, build_profile_sets
 from .frames import NEGCON, infer_features, load_profiles
 
@@ -76,6 +77,11 @@ __all__ = [
     "read_site_arrays",
     "SiteArrays",
     "site_profiles",
+    "SiteProfile",
+    "site_profile",
+    "site_profiles_frame",
+    "profiles_of",
+    "SITE_PROFILE_SCHEMA",
     "fit_spherize",
     "SpherizeFit",
     "reduce_groups",

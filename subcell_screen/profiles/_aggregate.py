@@ -582,21 +582,25 @@ def well_profiles_from_store(
     metadata: bool = True,
     progress: bool | None = None,
 ) -> pl.DataFrame:
-    """Wide well profiles from a screen store's per-cell Parquet: cells -> sites -> wells, plus layout.
+    """Wide well profiles from a screen store: site profiles -> wells, plus layout.
+
+    Cells were reduced to site profiles where they were featurized (:func:`site_profile`), so no cell is
+    read here; sites whose profile is missing (featurized by an older version, or written outside a run)
+    get one from their stored cells first. The result equals ``cells -> sites -> wells`` computed from all
+    cells, whatever the per-cell storage policy.
 
     Parameters
     ----------
     store : ScreenStore
-        An open store with per-cell rows of ``feature_set`` (``plate``, ``well``, ``site``, ``cell_id``,
-        ``features``).
+        An open store with featurized sites of ``feature_set``.
     feature_set : str
         Registered feature set; its ``feature_names`` name the output columns.
     cell_to_site, site_to_well : {"median", "mean"}
         Aggregation at each level (site profiles are weighted equally within a well).
     plates : list of str, optional
-        Plates to read (default all plates with per-cell data); one plate is in memory at a time.
+        Plates to read (default all plates with site profiles); one plate is in memory at a time.
     column : str
-        The feature-array column of the per-cell files.
+        Name of the intermediate array column.
     metadata : bool
         Join the layout (``store.wells(metadata=True)``) onto the profiles.
     progress : bool, optional
@@ -611,20 +615,33 @@ def well_profiles_from_store(
     """
     from tqdm.auto import tqdm
 
-    from ._read import read_site_arrays
+    from ._site import site_profiles_frame
 
+    if cell_to_site not in AGGREGATE_METHODS:
+        raise ValueError(f"cell_to_site must be one of {AGGREGATE_METHODS}, got {cell_to_site!r}")
     names = store.feature_set(feature_set)["feature_names"]
-    if plates is None:  # one folder per plate (``plate=<plate>``, the name unchanged)
-        base = store.cells_dir(feature_set)
-        plates = sorted(p.name[len("plate="):] for p in base.glob("plate=*") if p.is_dir()) if base.exists() else []
+    store.ensure_site_profiles(feature_set)
+    missing = store.sites_without_profiles(feature_set)  # a read-only store: computed in memory below
+    if plates is None:
+        plates = store.sql("SELECT DISTINCT plate FROM site_profiles WHERE feature_set = ? UNION "
+                           "SELECT DISTINCT plate FROM cell_files WHERE feature_set = ? ORDER BY 1",
+                           [feature_set, feature_set])[:, 0].to_list()
     disable = None if progress is None else not progress  # tqdm: None = only on a terminal
     wells = []
     for plate in tqdm(list(plates), desc="well profiles", unit="plate", disable=disable):
-        arrays = read_site_arrays(store.cell_feature_files(feature_set, plate=plate), column=column,
-                                  progress=False)  # one bar: the plates
-        if arrays.sites.height == 0:
+        sp = store.read_site_profiles(feature_set, plate=plate, method=cell_to_site)
+        if any(k[0] == plate for k in missing):
+            extra = site_profiles_frame(store.cell_arrays(feature_set, plate=plate))
+            have = sp.select("plate", "well", pl.col("site").cast(pl.Int64))
+            extra = extra.join(have, on=["plate", "well", "site"], how="anti").select(
+                "plate", "well", pl.col("site").cast(pl.Int32), pl.col("n_cells").cast(pl.Int32),
+                pl.col(cell_to_site).alias("features"))
+            sp = pl.concat([sp, extra], how="vertical_relaxed")
+        if sp.height == 0:
             continue
-        sites = site_profiles(arrays, method=cell_to_site, column=column)
+        width = len(sp["features"][0])
+        sites = sp.select("plate", "well", "site", pl.col("n_cells").cast(pl.Int64),
+                          pl.col("features").list.to_array(width).alias(column))
         wells.append(aggregate_array(sites, by=["plate", "well"], method=site_to_well, column=column,
                                      count_column="n_sites", sum_columns=["n_cells"]))
     if not wells:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 __all__ = ["SCHEMA_VERSION", "Table", "View", "TABLES", "VIEWS", "table", "ddl", "polars_type"]
 
-#: Bumped whenever a table changes incompatibly (v2: every table declared; profile sets of any width).
-SCHEMA_VERSION = 2
+#: Bumped whenever a table changes incompatibly (v2: every table declared; profile sets of any width; v3: the
+#: cell-file manifest and site profiles; a v2 store is upgraded when opened for writing).
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,14 @@ _TABLES = [
     Table("feature_sets", _cols("feature_set VARCHAR, kind VARCHAR, n_features INTEGER, feature_names JSON, "
                                 "model VARCHAR, model_sha256 JSON, parameters JSON, created_at TIMESTAMP"),
           ("feature_set",), "per-cell feature sets (their Parquet files live under cells/<feature set>/)"),
+    Table("cell_files", _cols(f"feature_set VARCHAR, {_SITE}, file VARCHAR, n_rows INTEGER, kept VARCHAR, "
+                              "compacted BOOLEAN, updated_at TIMESTAMP"), ("feature_set", "plate", "well", "site"),
+          "the cell-file manifest: which Parquet file (relative to the screen folder) holds each featurized site's "
+          "per-cell rows and how many; file NULL: no cells, or not kept (kept: all, sample, none)"),
+    Table("site_profiles", _cols(f"feature_set VARCHAR, {_SITE}, n_cells INTEGER, median DOUBLE[], mean DOUBLE[], "
+                                 "probabilities DOUBLE[]"), ("feature_set", "plate", "well", "site"),
+          "per site: median and mean of every feature over its cells, mean class probabilities (SubCell), "
+          "computed from full-precision features before any per-cell storage policy applies"),
     Table("profiles", _cols("profile_set VARCHAR, feature_set VARCHAR, plate VARCHAR, well VARCHAR, "
                             "perturbation_id VARCHAR, concentration DOUBLE, n_wells INTEGER, n_cells INTEGER, "
                             "features FLOAT[]"), ("profile_set",),

@@ -10,7 +10,7 @@ import os
 import socket
 import uuid
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from .._errors import StoreError, StoreVersionError
+from ._cells import CellStoreMixin
 from ._schema import SCHEMA_VERSION, TABLES, ddl, polars_type, table
 
 __all__ = ["ScreenStore", "SCHEMA_VERSION", "EXAMPLE_QUERIES", "encode_array", "decode_array",
@@ -96,7 +97,7 @@ def safe_name(value: object) -> str:
     return text
 
 
-class ScreenStore:
+class ScreenStore(CellStoreMixin):
     """A screen folder: ``screen.duckdb`` plus per-cell Parquet.
 
     Use :meth:`create` or :meth:`open` (or the constructor), preferably as a context manager.
@@ -175,6 +176,13 @@ class ScreenStore:
             rows = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
             row = rows[0] if rows else None
             version = int(row[0]) if row else None
+            if version == 2 and not self.read_only:
+                self._upgrade_from_2()
+                return
+            if version == 2:
+                raise StoreVersionError(
+                    f"{self.path}: screen store has schema version 2; open it once for writing (any "
+                    f"`subcell-screen run`, or ScreenStore.open(path)) to upgrade it to version {SCHEMA_VERSION}")
             if version != SCHEMA_VERSION:
                 raise StoreVersionError(
                     f"{self.path}: screen store has schema version {version}, this subcell_screen "
@@ -190,6 +198,40 @@ class ScreenStore:
         self.con.execute("INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?), "
                          "('package_version', ?)", [str(SCHEMA_VERSION), _now().isoformat(), _package_version()])
         self.con.execute("COMMIT")
+
+    def _upgrade_from_2(self) -> None:
+        """v2 -> v3: declare the manifest and site profiles, and record the per-site files already stored
+        (their site profiles are computed from them when profiles are next built)."""
+        import re
+
+        pattern = re.compile(r"^(?P<well>.+)_s(?P<site>-?\d+)\.parquet$")
+        rows = []
+        base = self.path / "cells"
+        for fs_dir in sorted(base.glob("*")) if base.is_dir() else []:
+            for plate_dir in sorted(fs_dir.glob("plate=*")):
+                for f in sorted(plate_dir.glob("*.parquet")):
+                    m = pattern.match(f.name)
+                    if m is None:
+                        continue
+                    try:
+                        n = pl.read_parquet_schema(f) and pl.scan_parquet(f).select(pl.len()).collect().item()
+                    except Exception:  # noqa: BLE001 - a damaged file: recorded, found damaged by the next run
+                        n = 0
+                    rows.append({"feature_set": fs_dir.name, "plate": plate_dir.name[len("plate="):],
+                                 "well": m["well"], "site": int(m["site"]), "file": self._rel(f),
+                                 "n_rows": int(n or 0), "kept": "all", "compacted": False, "updated_at": _now()})
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(ddl())
+            if rows:
+                self._insert("cell_files", self._typed("cell_files", pl.DataFrame(rows)))
+            self.con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+        logger.info("%s: screen store upgraded from schema version 2 to %d (%d per-site file(s) recorded)",
+                    self.path, SCHEMA_VERSION, len(rows))
 
     def _remove_stale_temp_files(self) -> None:
         cells = self.path / "cells"
@@ -614,85 +656,6 @@ class ScreenStore:
         rec["feature_names"] = json.loads(rec["feature_names"])
         return rec
 
-    def cells_dir(self, feature_set: str, plate: str | None = None) -> Path:
-        """Folder of a feature set's Parquet files (of one plate if given)."""
-        base = self.path / "cells" / safe_name(feature_set)
-        return base / f"plate={safe_name(plate)}" if plate is not None else base
-
-    def cell_feature_file(self, feature_set: str, plate: str, well: str, site: int) -> Path:
-        """The Parquet file of one site's per-cell rows of a feature set (it may not exist)."""
-        return self.cells_dir(feature_set, plate) / f"{safe_name(well)}_s{int(site)}.parquet"
-
-    def write_cell_features(self, feature_set: str, df: pl.DataFrame, *, plate: str, well: str,
-                            site: int) -> Path:
-        """Atomically write one site's per-cell rows (replacing any earlier file for that site).
-
-        ``df`` holds key columns (``plate``, ``well``, ``site``, ``cell_id``) and feature columns, typically
-        a fixed-width ``features`` array plus optional ``probabilities``. An empty frame is written too, so
-        that "this site has no cells" is recorded.
-        """
-        return write_parquet_atomic(df, self.cell_feature_file(feature_set, plate, well, site))
-
-    def damaged_cell_feature_files(self, feature_set: str, sites: Iterable[tuple[str, str, int]] | None = None, *,
-                                   read_footers: bool = True) -> dict[tuple[str, str, int], str]:
-        """Sites whose per-cell file of ``feature_set`` is missing (while cells were recorded) or unreadable.
-
-        Parameters
-        ----------
-        feature_set
-            Feature set.
-        sites
-            Sites to check (default: every site whose featurization is recorded done).
-        read_footers
-            Also read each file's Parquet footer (False: only check that the files exist, a stat per file).
-
-        Returns
-        -------
-        dict
-            ``(plate, well, site)`` -> what is wrong, naming the file.
-        """
-        done = {(p, w, int(s)): n for p, w, s, n in self.sql(
-            "SELECT plate, well, site, n_cells FROM site_stages WHERE stage = ? AND status = 'ok'",
-            [f"embed:{feature_set}"]).rows()}
-        bad: dict[tuple[str, str, int], str] = {}
-        for key in (done if sites is None else [tuple(k) for k in sites]):
-            path = self.cell_feature_file(feature_set, *key)
-            if not path.is_file():
-                if done.get(key):  # a SubCell site without cells has no file by design
-                    bad[key] = f"{path} is missing"
-                continue
-            if not read_footers:
-                continue
-            try:
-                pl.read_parquet_schema(path)
-            except Exception as exc:  # noqa: BLE001 - any unreadable footer
-                bad[key] = f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        return bad
-
-    def cell_feature_files(self, feature_set: str, *, plate: str | None = None) -> list[Path]:
-        """Complete Parquet files of a feature set (temp files excluded)."""
-        base = self.cells_dir(feature_set, plate)
-        if not base.exists():
-            return []
-        return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith("."))
-
-    def scan_cell_features(self, feature_set: str, *, plate: str | None = None) -> pl.LazyFrame:
-        """Lazy frame over a feature set's per-cell rows (all plates, or one)."""
-        files = self.cell_feature_files(feature_set, plate=plate)
-        if not files:
-            raise StoreError(f"no per-cell data for feature set {feature_set!r}"
-                             + (f" on plate {plate!r}" if plate else "") + f" under {self.cells_dir(feature_set)}")
-        nonempty = [f for f in files if pl.read_parquet_schema(f)] or files
-        return pl.scan_parquet(nonempty, hive_partitioning=False)
-
-    def read_cell_features(self, feature_set: str, *, plate: str | None = None,
-                           columns: Sequence[str] | None = None) -> pl.DataFrame:
-        """Per-cell rows of a feature set as a DataFrame."""
-        lf = self.scan_cell_features(feature_set, plate=plate)
-        if columns is not None:
-            lf = lf.select(list(columns))
-        return lf.collect()
-
     # -- profiles --------------------------------------------------------------------------------------------
 
     def clear_profiles(self) -> None:
@@ -864,29 +827,60 @@ class ScreenStore:
     def well_mean_probabilities(self, feature_set: str) -> pl.DataFrame | None:
         """Per-well mean of the per-cell class probabilities of a SubCell feature set (None without them).
 
+        Computed from the site profiles (each site's mean over its cells, weighted by its cells), so it is
+        the mean over all of the well's cells whatever the per-cell storage policy.
+
         Returns
         -------
         polars.DataFrame or None
             ``Metadata_Plate``, ``Metadata_Well``, ``probabilities`` (list of float64, one per class).
         """
-        files = self.cell_feature_files(feature_set)
-        if not files:
-            return None
-        lf = self.scan_cell_features(feature_set)
-        if "probabilities" not in lf.collect_schema().names():
-            return None
-        df = lf.select("plate", "well", "probabilities").collect()
+        self.ensure_site_profiles(feature_set)
+        df = self.read_site_profiles(feature_set, probabilities=True).filter(pl.col("features").is_not_null())
         if df.height == 0:
             return None
-        p = np.asarray(df["probabilities"].to_list(), dtype=np.float64)
+        p = np.asarray(df["features"].to_list(), dtype=np.float64) * df["n_cells"].to_numpy()[:, None]
         codes = df.select(pl.struct("plate", "well").rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
         n = int(codes.max()) + 1
         sums = np.zeros((n, p.shape[1]))
         np.add.at(sums, codes, p)
-        counts = np.bincount(codes, minlength=n)[:, None]
+        counts = np.bincount(codes, weights=df["n_cells"].to_numpy(), minlength=n)[:, None]
         keys = df.select("plate", "well").with_columns(pl.Series("_c", codes)).unique("_c").sort("_c")
         return keys.select(pl.col("plate").alias("Metadata_Plate"), pl.col("well").alias("Metadata_Well")).with_columns(
             pl.Series("probabilities", list(sums / counts), dtype=pl.List(pl.Float64)))
+
+    def ensure_site_profiles(self, feature_set: str) -> int:
+        """Compute the missing site profiles of a feature set from its stored cells (sites featurized by an
+        older version, or written with :func:`~subcell_screen.embed.write_embeddings` outside a run).
+
+        Returns the sites computed (0 on a read-only store: they are then computed in memory by readers).
+        """
+        from ..profiles import site_profiles_frame
+
+        missing = self.sites_without_profiles(feature_set)
+        if not missing or self.read_only:
+            return 0
+        done = 0
+        for plate in sorted({k[0] for k in missing}):
+            frame = site_profiles_frame(self.cell_arrays(feature_set, plate=plate),
+                                        probabilities=self._plate_probabilities(feature_set, plate))
+            keys = [k for k in missing if k[0] == plate]
+            want = pl.DataFrame(keys, schema={"plate": pl.String, "well": pl.String, "site": pl.Int64}, orient="row")
+            frame = frame.join(want, on=["plate", "well", "site"], how="semi")
+            self.write_site_profiles(feature_set, frame, sites=keys)
+            done += frame.height
+        if done:
+            logger.info("computed %d site profile(s) of %s from stored cells", done, feature_set)
+        return done
+
+    def _plate_probabilities(self, feature_set: str, plate: str) -> Any:
+        try:
+            lf = self.scan_cell_features(feature_set, plate=plate)
+        except StoreError:
+            return None
+        if "probabilities" not in lf.collect_schema().names():
+            return None
+        return self.cell_arrays(feature_set, plate=plate, column="probabilities")
 
     # -- helpers -------------------------------------------------------------------------------------------
 
