@@ -225,3 +225,29 @@ def test_read_site_arrays_of_a_compacted_plate(screen):
         direct = read_site_arrays(files)
         assert arrays.sites.equals(direct.sites) and np.array_equal(arrays.x, direct.x, equal_nan=True)
         assert arrays.sites.height == 12
+
+
+def test_site_restaged_after_compaction_is_read_from_its_new_file_only(screen, tmp_path):
+    import shutil
+
+    path = tmp_path / "screen"
+    shutil.copytree(screen, path)
+    with ScreenStore.open(path) as store:
+        before = _cells(store)
+        key = ("SIMHPA001", *store.cell_file_table("classical", plate="SIMHPA001").row(3)[1:3])
+        at = (pl.col("plate") == key[0]) & (pl.col("well") == key[1]) & (pl.col("site") == key[2])
+        old = before.filter(at)
+        new = old.head(2).with_columns(pl.col("features").arr.eval(pl.element() + 1.0))
+        store.write_cell_features("classical", new, plate=key[0], well=key[1], site=key[2])
+        after = _cells(store)
+        assert after.height == before.height - old.height + 2
+        got = after.filter(at)
+        assert got.select(KEYS).equals(new.select(KEYS))
+        arrays = store.cell_arrays("classical", plate="SIMHPA001")
+        assert arrays.sites.height == 12 and arrays.x.shape[0] == after.filter(pl.col("plate") == "SIMHPA001").height
+        row = arrays.sites.with_row_index().filter((pl.col("well") == key[1]) & (pl.col("site") == key[2]))
+        assert row["n_cells"].to_list() == [2]
+        # the next compaction drops the stale rows: one file again, same rows
+        store.compact_cells("classical")
+        assert store.cell_storage("classical")["files"].to_list() == [1, 1]
+        assert _cells(store).equals(after)

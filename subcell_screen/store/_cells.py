@@ -51,6 +51,7 @@ CELL_BYTES: Mapping[str, int] = {"float32": 4, "float16": 2}
 
 _KEY_SCHEMA = {"plate": pl.String, "well": pl.String, "site": pl.Int32}
 _ROW_GROUP_BYTES = 64 * 1024**2  # a compacted file's row groups: a few sites of 4,608-wide features
+_COMPACTED_PREFIX = "cells-"
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -127,6 +128,19 @@ def _encodings(schema: Any) -> dict[str, Any]:
     return {"use_dictionary": keys, "use_byte_stream_split": floats}
 
 
+def _append(writer: Any, tmp: Path, table: Any, pending: list) -> Any:
+    """Queue ``table`` for the compacted file (opening its writer on the first table)."""
+    import pyarrow.parquet as pq
+
+    if writer is None:
+        writer = pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=True,
+                                  **_encodings(table.schema))
+    elif table.schema != writer.schema:
+        table = table.cast(writer.schema)
+    pending.append(table)
+    return writer
+
+
 def compact_cell_files(job: CompactionJob) -> dict[tuple[str, int], int]:
     """Write the compacted file of ``job`` (streaming: one row group in memory at a time).
 
@@ -175,6 +189,19 @@ def compact_cell_files(job: CompactionJob) -> dict[tuple[str, int], int]:
             pf = pq.ParquetFile(root / rel)
             if not pf.schema_arrow.names or pf.metadata.num_rows == 0:
                 continue
+            if len(keys) == 1 and not Path(rel).name.startswith(_COMPACTED_PREFIX):
+                # a staging file: one site, all of its rows current (no per-row filtering)
+                out = pf.read()
+                if job.keep == "sample":
+                    out = out.take(kept_by_source[rel])
+                rows[keys[0]] += out.num_rows
+                if out.num_rows:
+                    writer = _append(writer, tmp, out, pending)
+                    pending_bytes += out.nbytes
+                    if pending_bytes >= _ROW_GROUP_BYTES:
+                        writer.write_table(pa.concat_tables(pending), row_group_size=1 << 30)
+                        pending, pending_bytes = [], 0
+                continue
             offset = 0
             for i in range(pf.num_row_groups):  # a compacted source is read one row group at a time
                 frame = pl.from_arrow(pf.read_row_group(i)).with_row_index("_row", offset=offset)
@@ -188,12 +215,7 @@ def compact_cell_files(job: CompactionJob) -> dict[tuple[str, int], int]:
                 for well, site, n in frame.group_by(["well", "site"]).len().iter_rows():
                     rows[(str(well), int(site))] += int(n)
                 out = frame.to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, out.schema, compression="zstd", write_statistics=True,
-                                              **_encodings(out.schema))
-                elif out.schema != writer.schema:
-                    out = out.cast(writer.schema)
-                pending.append(out)
+                writer = _append(writer, tmp, out, pending)
                 pending_bytes += out.nbytes
                 if pending_bytes >= _ROW_GROUP_BYTES:
                     writer.write_table(pa.concat_tables(pending), row_group_size=1 << 30)
@@ -211,6 +233,38 @@ def compact_cell_files(job: CompactionJob) -> dict[tuple[str, int], int]:
             writer.close()
         tmp.unlink(missing_ok=True)
     return rows
+
+
+def _compacted_arrays(path: Path, keys: Sequence[tuple[str, int]], column: str) -> Any:
+    """:class:`~subcell_screen.profiles.SiteArrays` of a compacted file's rows of ``keys`` (each site's rows
+    are contiguous there; a file written otherwise is regrouped)."""
+    import pyarrow.parquet as pq
+
+    from ..profiles import SiteArrays
+
+    table = pq.read_table(path, columns=["plate", "well", "site", column])
+    if table.num_rows == 0:
+        return None
+    col = table.column(column).combine_chunks()
+    if col.null_count or not hasattr(col.type, "list_size"):
+        raise ValueError(f"{path}: column {column!r} must be a fixed-width array without nulls")
+    x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    k = pl.from_arrow(table.select(["plate", "well", "site"])).with_columns(pl.col("site").cast(pl.Int64))
+    runs = (k.with_columns(((pl.col("well") != pl.col("well").shift()) | (pl.col("site") != pl.col("site").shift()))
+                           .fill_null(True).cum_sum().alias("_run")).with_row_index("_row")
+            .group_by("_run", maintain_order=True)
+            .agg(pl.col("plate").first(), pl.col("well").first(), pl.col("site").first(),
+                 pl.col("_row").first().alias("start"), pl.len().alias("n_cells")))
+    runs = runs.filter(_key_filter(keys))
+    if runs.select("plate", "well", "site").is_duplicated().any():  # a site in pieces: regroup it
+        order = k.with_row_index("_row").filter(_key_filter(keys)).sort(["plate", "well", "site"], maintain_order=True)
+        rows = order["_row"].to_numpy()
+        sites = order.group_by(["plate", "well", "site"], maintain_order=True).len().rename({"len": "n_cells"})
+        return SiteArrays(sites=sites.with_columns(pl.col("n_cells").cast(pl.Int64)), x=x[rows])
+    start, n = runs["start"].to_numpy(), runs["n_cells"].to_numpy()
+    if runs.height and (n.sum() != len(x)):
+        x = np.concatenate([x[a:a + b] for a, b in zip(start, n)])
+    return SiteArrays(sites=runs.select("plate", "well", "site", pl.col("n_cells").cast(pl.Int64)), x=x)
 
 
 class CellStoreMixin:
@@ -396,21 +450,29 @@ class CellStoreMixin:
         return lf.collect()
 
     def cell_arrays(self, feature_set: str, *, plate: str | None = None, column: str = "features") -> Any:
-        """The current per-cell ``column`` arrays as :class:`~subcell_screen.profiles.SiteArrays` (fast reader
-        for staging files; rows of sites featurized again since a compaction are left out)."""
+        """The current per-cell ``column`` arrays as :class:`~subcell_screen.profiles.SiteArrays`, site by
+        site (staging files through the store's fast reader, compacted files through pyarrow; rows of sites
+        featurized again since a compaction are left out)."""
         from ..profiles import SiteArrays, read_site_arrays
 
         sources = self._sources(feature_set, plate)
-        arrays = read_site_arrays([p for p, _k, _c in sources], column=column, progress=False)
-        current = {(p, w, int(s)) for p, w, s in
-                   self.cell_file_table(feature_set, plate=plate).select("plate", "well", "site").iter_rows()}
-        keep = [(p, w, int(s)) in current for p, w, s in arrays.sites.select("plate", "well", "site").iter_rows()]
-        if all(keep):
-            return arrays
-        off = arrays.offsets
-        rows = np.concatenate([np.arange(off[i], off[i + 1]) for i, k in enumerate(keep) if k]
-                              or [np.empty(0, dtype=np.int64)])
-        return SiteArrays(sites=arrays.sites.filter(pl.Series(keep)), x=arrays.x[rows])
+        staged = [p for p, _k, c in sources if not c]
+        parts = []
+        if staged:
+            parts.append(read_site_arrays(staged, column=column, progress=False))
+        for path, keys, compacted in sources:
+            if compacted:
+                parts.append(_compacted_arrays(path, keys, column))
+        parts = [a for a in parts if a is not None and a.sites.height]
+        if not parts:
+            return read_site_arrays([], column=column, progress=False)
+        if len(parts) == 1:
+            return parts[0]
+        widths = {a.x.shape[1] for a in parts}
+        if len(widths) > 1:
+            raise ValueError(f"column {column!r} has different widths in the files of {feature_set!r}: {widths}")
+        return SiteArrays(sites=pl.concat([a.sites for a in parts]),
+                          x=np.concatenate([a.x for a in parts]) if len(parts) > 1 else parts[0].x)
 
     def damaged_cell_feature_files(self, feature_set: str, sites: Iterable[tuple[str, str, int]] | None = None, *,
                                    read_footers: bool = True) -> dict[tuple[str, str, int], str]:
@@ -478,7 +540,7 @@ class CellStoreMixin:
         m = m.sort(["compacted", "well", "site"], descending=[True, False, False])
         sources = tuple((rel, tuple(zip(g["well"].to_list(), [int(s) for s in g["site"].to_list()])))
                         for (rel,), g in m.group_by("file", maintain_order=True))
-        target = self._rel(self.cells_dir(feature_set, plate) / f"cells-{uuid.uuid4().hex[:12]}.parquet")
+        target = self._rel(self.cells_dir(feature_set, plate) / f"{_COMPACTED_PREFIX}{uuid.uuid4().hex[:12]}.parquet")
         return CompactionJob(root=str(self.path), feature_set=feature_set, plate=plate, sources=sources,
                              target=target, keep=keep, cells_per_well=int(cells_per_well))
 
