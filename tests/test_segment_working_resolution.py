@@ -264,3 +264,35 @@ def test_cellpose_at_a_working_pixel_size_returns_full_size_labels_with_every_ob
     # the hand-built network finds the blobs at both resolutions
     n_full = full.nuclei(img, pixel_size_um=0.5)
     assert match_labels(n_full, truth).f1 >= 0.9 and match_labels(n_work, truth).f1 >= 0.9
+
+
+def test_the_run_segments_at_the_configured_working_pixel_size(tmp_path):
+    # every [segmentation] key applies to `subcell-screen run`: at 1.196 µm/px (2x the 0.598 µm/px site) the
+    # stored label images are 2x2 blocks (360x270 tiles -> 180x135), at the acquired size they are not
+    import realplates as rp
+
+    from subcell_screen.config import load_config
+    from subcell_screen.pipeline import run
+    from subcell_screen.store import ScreenStore
+
+    masks = {}
+    for name, working in (("acquired", None), ("working", 2 * rp.PIXEL_SIZE_UM)):
+        folder = tmp_path / name
+        images = folder / "images"
+        rp.write_phenix_plate(images, "P1", {"B02": 0, "B03": 5})
+        rp.write_layout(folder / "lay.csv", {"B02": "DMSO", "B03": "BRD-K50691590"})
+        rp.write_plates_table(folder / "plates.csv", {"P1": "lay"})
+        seg = {"method": "classical"} if working is None else {"method": "classical", "working_pixel_size_um": working}
+        cfg = load_config(rp.example_config(folder, images=images, plates_table=folder / "plates.csv",
+                                            segmentation=seg, embedding=rp.FAST_FEATURES))
+        run(cfg, stages=("segment",), progress=False)
+        with ScreenStore.open(cfg.screen.path, read_only=True) as store:
+            masks[name] = [store.read_masks("P1", w, 1) for w in ("B02", "B03")]
+
+    def blocky(lab):
+        return np.array_equal(np.repeat(np.repeat(lab[::2, ::2], 2, 0), 2, 1), lab)
+
+    for (nuc_a, cell_a), (nuc_w, cell_w) in zip(masks["acquired"], masks["working"]):
+        assert nuc_w.shape == nuc_a.shape == (360, 270)
+        assert blocky(nuc_w) and blocky(cell_w) and not blocky(nuc_a) and not blocky(cell_a)
+        assert match_labels(nuc_w, nuc_a).f1 >= 0.9 and match_labels(cell_w, cell_a).f1 >= 0.9
