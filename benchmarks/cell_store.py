@@ -196,6 +196,9 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=1536)
     ap.add_argument("--pyc-plates", type=int, default=10, help="plates pycytominer aggregates (extrapolated)")
     ap.add_argument("--sample", type=int, default=4, help="keep_cells = sample: cells per well (of ~16 here)")
+    ap.add_argument("--real-plate-wells", type=int, default=48,
+                    help="section 4: wells of a plate with JUMP-like sites (9 sites x ~190 cells)")
+    ap.add_argument("--skip-read", action="store_true", help="only sections 1, 3 and 4")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -206,8 +209,7 @@ def main() -> None:
         Path(a.out).write_text(json.dumps(WORKERS[kind](*rest)))
         return
     if a.quick:
-        a.plates, a.wells, a.features, a.pyc_plates = 6, 48, 256, 3
-    import numpy as np
+        a.plates, a.wells, a.features, a.pyc_plates, a.real_plate_wells = 6, 48, 256, 3, 4
 
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="cell_store_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -220,6 +222,15 @@ def main() -> None:
         print(f"per plate before compaction: {g['files_before'] / per:.0f} files, {g['bytes_before'] / per / 1e6:.1f} MB; "
               f"after: {g['files_after'] / per:.0f} file(s), {g['bytes_after'] / per / 1e6:.1f} MB; "
               f"write {g['write_s']:.1f} s, compaction {g['compact_s']:.1f} s ({g['compact_s'] / per:.2f} s/plate)")
+    if not a.skip_read:
+        _read_section(a, work, store)
+    _policy_section(a, work)
+    _real_plate_section(a, work)
+
+
+def _read_section(a: argparse.Namespace, work: Path, store: str) -> None:
+    import numpy as np
+
     a_sites = _child(["ours_sites", store, str(work / "sites.npy")])
     a_cells = _child(["ours_cells", store, str(work / "cells.npy")])
     p = _child(["pyc", store, a.pyc_plates])
@@ -240,6 +251,9 @@ def main() -> None:
     print(f"| pycytominer: compacted files -> pandas -> aggregate(median) | {pyc_s:.1f} ({how}; read "
           f"{p['read_s'] / frac:.1f}) | 1.0x | {p['maxrss_mb']:.0f} (on {p['plates']} plates) |")
 
+
+
+def _policy_section(a: argparse.Namespace, work: Path) -> None:
     print(f"\n## bytes per cell of each storage policy (2 plates x {a.wells} wells x {a.sites} sites, "
           f"{a.features} features)")
     print("| keep_cells | store_dtype | files/plate | bytes per cell (compacted) |")
@@ -252,6 +266,23 @@ def main() -> None:
         profile_us = 1e6 * g["profile_s"] / g["cells"]
     print(f"(site profiles: median + mean in float64 = {16 * a.features} B per site with cells, in DuckDB; "
           f"computing them at featurization: {profile_us:.1f} µs per cell, one core)")
+
+
+def _real_plate_section(a: argparse.Namespace, work: Path) -> None:
+    import shutil
+
+    folder = work / "real_plate"
+    if folder.exists():
+        shutil.rmtree(folder)
+    g = _child(["gen", str(folder), 1, a.real_plate_wells, 9, 190, a.features])
+    raw = g["cells"] * (a.features * 4 + 16)
+    print(f"\n## compaction at JUMP-like site sizes: 1 plate x {a.real_plate_wells} wells x 9 sites x ~190 cells "
+          f"x {a.features} float32 ({g['cells']:,} cells, {raw / 1e6:.0f} MB in memory)")
+    print(f"{g['files_before']} files, {g['bytes_before'] / 1e6:.0f} MB -> {g['files_after']} file, "
+          f"{g['bytes_after'] / 1e6:.0f} MB in {g['compact_s']:.1f} s ({raw / 1e6 / g['compact_s']:.0f} MB/s, "
+          f"{g['cells'] / g['compact_s']:,.0f} cells/s, one core); site profiles {1e6 * g['profile_s'] / g['cells']:.1f} "
+          "µs per cell")
+    shutil.rmtree(folder)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
     SiteWriter(store, processor=..., selection=..., run_id=...).add(outcome)  (the single, batched writer)
     stage_results(store, selection, tally, ...)              -> [StageResult]
 
-:func:`run_local` is the local executor (this process, or worker processes on the all-CPU path);
+:func:`run_local` is the local executor (this process, or worker processes on the all-CPU path; with a torch
+model, each site's compute runs on one thread overlapped with loading and recording: :func:`prefetch`, and
+:class:`BusyClock` times the models' forward passes);
 :mod:`subcell_screen.distributed` is the Ray executor and uses the same unit. The orchestrator
 (:mod:`subcell_screen.pipeline`) imports executors; executors never import the orchestrator.
 """
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 from ._local import cpu_workers, run_local
+from ._prefetch import BusyClock, Failed, prefetch
 from ._select import (
     SiteSelection,
     channel_rows,
@@ -51,4 +54,7 @@ __all__ = [
     "failure_reasons",
     "run_local",
     "cpu_workers",
+    "prefetch",
+    "Failed",
+    "BusyClock",
 ]

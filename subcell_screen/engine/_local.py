@@ -1,4 +1,10 @@
-"""The local executor of the per-site stages: this process, or worker processes on the all-CPU path."""
+"""The local executor of the per-site stages: this process, or worker processes on the all-CPU path.
+
+In this process the work overlaps in three lanes: loader threads read and decode the next sites
+(:func:`subcell_screen.io.iter_sites`), one compute thread runs a site's segmentation and embedding (the models),
+and this thread reads what a site needs from the store and records finished sites; at most a few sites are held
+at once. The time inside the models' forward passes is reported per stage (:class:`BusyClock`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._prefetch import BusyClock, prefetch
 from ._types import SiteOutcome, StageResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,7 +36,8 @@ def cpu_workers(config: RunConfig, plan: RunPlan) -> int:
 
     The all-CPU path (classical segmentation and classical features) runs sites in ``workers`` processes
     (default: the machine's cores, at most 8); a run with a torch model (Cellpose, SubCell) keeps the model
-    in this process and works site by site (the GPU does the heavy lifting).
+    in this process and works site by site (the GPU does the heavy lifting): sites load on loader threads, each
+    site's compute runs on one compute thread while this thread records the previous site (:func:`prefetch`).
     """
     if plan.segmenter != "classical" or plan.featurizer != "classical":
         return 1
@@ -75,8 +83,10 @@ def run_local(store: ScreenStore, config: RunConfig, plan: RunPlan, design: Scre
                                        progress=progress)
                     if config.illumination_correction() and sel.records else (None, []))
     processor = SiteProcessor.from_plan(config, plan)
+    clock = BusyClock(plan.device)  # time inside the models' forward passes, per stage
     workers = min(cpu_workers(config, plan), max(1, len(sel.records)))
     bar = tqdm(total=len(sel.records), desc="sites", unit="site", disable=None if progress is None else not progress)
+    busy: list[str] = []
     with SiteWriter(store, processor=processor, selection=sel, run_id=run_id) as writer:
         if workers > 1:
             logger.info("per-site stages in %d processes", workers)
@@ -86,17 +96,38 @@ def run_local(store: ScreenStore, config: RunConfig, plan: RunPlan, design: Scre
                 bar.update(1)
                 writer.add(out)
         else:
-            for record, site in iter_sites(sel.records, illumination=illum, raise_on_unreadable_plate=False,
-                                           progress=False):
-                bar.update(1)
-                if isinstance(site, SiteLoadError):
-                    writer.add(SiteOutcome(key=record.key, load_error=str(site)))
-                else:
-                    _, need_seg, need_emb, stored, raw = _task(store, sel, record)
-                    writer.add(_process(processor, site, need_seg, need_emb, stored, raw))
+            # sites load on iter_sites' threads; each site's compute (the models) runs on one worker thread
+            # while this thread records the previous site and reads what the next one needs from the store
+            def tasks() -> Iterator[tuple]:
+                for record, site in iter_sites(sel.records, illumination=illum, raise_on_unreadable_plate=False,
+                                               progress=False):
+                    yield (record, site, None) if isinstance(site, SiteLoadError) else \
+                        (record, site, _task(store, sel, record)[1:])
+
+            def compute(task: tuple) -> SiteOutcome:
+                record, site, todo = task
+                if todo is None:
+                    return SiteOutcome(key=record.key, load_error=str(site))
+                return _process(processor, site, *todo)
+
+            t_loop = time.perf_counter()
+            with clock.timing(_cellpose_network(plan), "forward", "segment"), \
+                    clock.timing(plan.subcell_model, "forward_device", "embed"):
+                for _, outcome in prefetch(tasks(), compute, depth=2, workers=1, isolate=(), name="subcell-site"):
+                    bar.update(1)
+                    writer.add(outcome)
+            busy = clock.lines(time.perf_counter() - t_loop)
         writer.finish()  # compacts the plates completed (not when the run stopped on an error)
     bar.close()
-    return stage_results(store, sel, writer.tally, total_seconds=time.perf_counter() - t_start, messages=notes)
+    for line in busy:
+        logger.info("%s", line)
+    return stage_results(store, sel, writer.tally, total_seconds=time.perf_counter() - t_start,
+                         messages=[*notes, *busy])
+
+
+def _cellpose_network(plan: RunPlan) -> Any:
+    """The torch network inside the plan's Cellpose model (None without one)."""
+    return getattr(plan.cellpose_model, "net", None)
 
 
 # -- process pool for the all-CPU path: workers load and compute, this process records --------------------

@@ -12,6 +12,9 @@ write_segmentation(store, segmentation, *, method=None)
 segmenter_from_config(config.segmentation, device=...) -> Segmenter (method, Cellpose model, classical params;
     ``.segment(site, channel_map=...)``): every ``[segmentation]`` key applies
 match_labels(pred, true, *, iou_threshold=0.5) -> MatchResult   (accuracy against ground truth)
+working_shape / downscale_image / upscale_labels: segmenting at a working pixel size
+    (``[segmentation].working_pixel_size_um``, ``ClassicalParams.working_pixel_size_um``,
+    ``load_cellpose(..., working_pixel_size_um=)``): area-averaged down, labels back by nearest neighbour
 
 The method is always explicit: a missing Cellpose model raises :class:`CellposeWeightsError` (naming the
 file, where it was looked for and how to get it) and never falls back to the classical segmenter.
@@ -47,6 +50,14 @@ from ._cellpose import (
                    resolve_cellpose_weights,
 )
 from ._classical import ClassicalParams, classical_cells, classical_nuclei, expand_nuclei
+from ._resample import (
+    MIN_WORKING_NUCLEUS_PX,
+    downscale_image,
+    downscale_labels,
+    upscale_labels,
+    working_pixel_size,
+    working_shape,
+)
 from .metrics import MatchResult, iou_matrix, match_labels
 
 __all__ = [
@@ -69,6 +80,12 @@ __all__ = [
     "classical_nuclei",
     "classical_cells",
     "expand_nuclei",
+    "MIN_WORKING_NUCLEUS_PX",
+    "working_shape",
+    "working_pixel_size",
+    "downscale_image",
+    "upscale_labels",
+    "downscale_labels",
     "CellposeSegmenter",
     "CellposeWeightsError",
     "load_cellpose",

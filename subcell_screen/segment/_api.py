@@ -570,7 +570,7 @@ def segmenter_from_config(section: Any, *, device: str = "auto", load: bool = Tr
     ----------
     section : subcell_screen.config.SegmentationSection
         ``method``, ``model``, ``weights``, ``weights_sha256``, ``nucleus_diameter_um``, ``cell_diameter_um``,
-        ``batch_size``, ``min_nucleus_area_um2``, ``allow_fallback``.
+        ``batch_size``, ``min_nucleus_area_um2``, ``working_pixel_size_um``, ``allow_fallback``.
     device : str
         Device for Cellpose.
     load : bool
@@ -588,12 +588,16 @@ def segmenter_from_config(section: Any, *, device: str = "auto", load: bool = Tr
     """
     from ._cellpose import CellposeWeightsError, load_cellpose
 
+    # the working pixel size is carried by both the classical parameters and the Cellpose model, so that every
+    # executor that pairs a loaded Cellpose model with these parameters applies it
+    working = getattr(section, "working_pixel_size_um", None)
     params = ClassicalParams().with_(nucleus_diameter_um=section.nucleus_diameter_um,
-                                     min_nucleus_area_um2=section.min_nucleus_area_um2)
+                                     min_nucleus_area_um2=section.min_nucleus_area_um2,
+                                     working_pixel_size_um=working)
     if section.method == "classical" or not load:
         return Segmenter(method="classical", params=params)
     kwargs: dict[str, Any] = {"weights_sha256": section.weights_sha256, "device": device,
-                              "batch_size": section.batch_size}
+                              "batch_size": section.batch_size, "working_pixel_size_um": working}
     if section.nucleus_diameter_um:
         kwargs["nucleus_diameter_um"] = section.nucleus_diameter_um
     if section.cell_diameter_um:

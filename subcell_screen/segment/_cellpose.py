@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import SubcellScreenError
+from ._resample import downscale_image, upscale_labels, working_pixel_size, working_shape
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def load_cellpose(model: str | os.PathLike = "cpsam", *, weights_sha256: str | N
                   device: str | Any = "auto", batch_size: int = 32, workers: int = 2,
                   nucleus_diameter_um: float = 12.0, cell_diameter_um: float = 30.0,
                   flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
-                  precision: str = "auto",
+                  precision: str = "auto", working_pixel_size_um: float | None = None,
                   architecture: Callable[[], Any] | None = None) -> CellposeSegmenter:
     """Load a Cellpose model from local weights (never downloads).
 
@@ -290,6 +291,10 @@ def load_cellpose(model: str | os.PathLike = "cpsam", *, weights_sha256: str | N
         Cellpose's mask thresholds.
     precision
         ``"auto"`` (bfloat16 on CUDA, as cellpose does, float32 elsewhere), ``"bf16"`` or ``"fp32"``.
+    working_pixel_size_um
+        Segment at this pixel size: finer images are area-averaged down to it, segmented (network and masks),
+        and the label images brought back to the image's grid by nearest neighbour (every object kept).
+        None: at the image's own pixel size.
     architecture
         Callable returning the untrained network the weights belong to (default: Cellpose-SAM, or
         Cellpose-DINO when the checkpoint says so). Used for custom networks.
@@ -319,7 +324,7 @@ def load_cellpose(model: str | os.PathLike = "cpsam", *, weights_sha256: str | N
     return CellposeSegmenter(net, device=dev, name=name, weights_path=path, weights_sha256=weights_sha256,
                              batch_size=batch_size, workers=workers, nucleus_diameter_um=nucleus_diameter_um,
                              cell_diameter_um=cell_diameter_um, flow_threshold=flow_threshold,
-                             cellprob_threshold=cellprob_threshold)
+                             cellprob_threshold=cellprob_threshold, working_pixel_size_um=working_pixel_size_um)
 
 
 def _dtype_for(precision: str, dev: Any) -> Any:
@@ -361,18 +366,23 @@ class CellposeSegmenter:
     weights_path : Path or None
     batch_size, workers : int
     nucleus_diameter_um, cell_diameter_um, flow_threshold, cellprob_threshold : float
+    working_pixel_size_um : float or None
+        Pixel size the network and mask building work at (see :func:`load_cellpose`).
     """
 
     def __init__(self, net: Any, *, device: Any, name: str, weights_path: Path | None = None,
                  weights_sha256: str | None = None, batch_size: int = 32, workers: int = 2,
                  nucleus_diameter_um: float = 12.0, cell_diameter_um: float = 30.0,
                  flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size_px: int = 15,
-                 max_size_fraction: float = 0.4) -> None:
+                 max_size_fraction: float = 0.4, working_pixel_size_um: float | None = None) -> None:
         _check_cellpose_version()
         from cellpose import models
 
         if batch_size < 1 or workers < 0:
             raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size}, {workers}")
+        if working_pixel_size_um is not None and not (working_pixel_size_um > 0
+                                                      and np.isfinite(working_pixel_size_um)):
+            raise ValueError(f"working_pixel_size_um must be a positive number, got {working_pixel_size_um}")
         # CellposeModel's constructor always builds (and may download) Cellpose-SAM; wrap our own network
         # instead, setting the attributes its eval() reads.
         cp = models.CellposeModel.__new__(models.CellposeModel)
@@ -395,6 +405,7 @@ class CellposeSegmenter:
         self.cellprob_threshold = float(cellprob_threshold)
         self.min_size_px = int(min_size_px)
         self.max_size_fraction = float(max_size_fraction)
+        self.working_pixel_size_um = None if working_pixel_size_um is None else float(working_pixel_size_um)
         self._lock = threading.Lock()
 
     @classmethod
@@ -429,7 +440,7 @@ class CellposeSegmenter:
                 "weights_sha256": self.weights_sha256, "device": str(self.device),
                 "batch_size": self.batch_size, "nucleus_diameter_um": self.nucleus_diameter_um,
                 "cell_diameter_um": self.cell_diameter_um, "flow_threshold": self.flow_threshold,
-                "cellprob_threshold": self.cellprob_threshold}
+                "cellprob_threshold": self.cellprob_threshold, "working_pixel_size_um": self.working_pixel_size_um}
 
     # -- single images -------------------------------------------------------------------------------
 
@@ -482,7 +493,8 @@ class CellposeSegmenter:
         Nuclei come from the nuclear channel alone; cells from ``[cyto, nucleus]``. Without a cytoplasm
         image, cells are nuclei expanded by 6 µm. Images of one shape and rescale factor are stacked into
         one array so that cellpose shares network batches across them; masks are built from the flows by
-        ``workers`` threads while the network computes the next batch.
+        ``workers`` threads while the network computes the next batch. With :attr:`working_pixel_size_um`,
+        images are segmented at that pixel size and the labels returned on each image's own grid.
         """
         from tqdm.auto import tqdm
 
@@ -493,6 +505,8 @@ class CellposeSegmenter:
         if len(pix) != n:
             raise ValueError(f"{len(pix)} pixel sizes for {n} images")
         results: list[Any] = [None] * n
+        working_images: dict[int, np.ndarray] = {}  # nuclei images at the working pixel size
+        full_shape: dict[int, tuple[int, int]] = {}  # images segmented at the working pixel size
         # passes: (image index, kind, stacked input (H, W, C) float32, rescale)
         passes: dict[tuple, list[tuple[int, str, np.ndarray]]] = {}
         needed: dict[int, set[str]] = {}
@@ -502,12 +516,20 @@ class CellposeSegmenter:
                 nuc_f = _as_image(nuc, "nuclei image")
                 if not (pix[i] > 0 and np.isfinite(pix[i])):
                     raise ValueError(f"pixel size must be a positive number, got {pix[i]}")
+                cyto_f = _as_image(cyto, "cytoplasm image") if cells and cyto is not None else None
+                if cyto_f is not None and cyto_f.shape != nuc_f.shape:
+                    raise ValueError(f"cytoplasm image shape {cyto_f.shape} differs from the nuclei "
+                                     f"image {nuc_f.shape}")
+                small = working_shape(nuc_f.shape, pixel_size_um=pix[i],
+                                      working_pixel_size_um=self.working_pixel_size_um)
+                if small is not None:
+                    full_shape[i] = nuc_f.shape
+                    pix[i] = working_pixel_size(nuc_f.shape, small, pixel_size_um=pix[i])
+                    nuc_f = downscale_image(nuc_f, small)
+                    cyto_f = None if cyto_f is None else downscale_image(cyto_f, small)
+                    working_images[i] = nuc_f
                 jobs = [("nuclei", nuc_f[..., None], self.rescale_for(self.nucleus_diameter_um, pix[i]))]
-                if cells and cyto is not None:
-                    cyto_f = _as_image(cyto, "cytoplasm image")
-                    if cyto_f.shape != nuc_f.shape:
-                        raise ValueError(f"cytoplasm image shape {cyto_f.shape} differs from the nuclei "
-                                         f"image {nuc_f.shape}")
+                if cyto_f is not None:
                     jobs.append(("cells", np.stack([cyto_f, nuc_f], axis=-1),
                                  self.rescale_for(self.cell_diameter_um, pix[i])))
                 needed[i] = {k for k, _, _ in jobs}
@@ -542,7 +564,10 @@ class CellposeSegmenter:
                     continue
                 if set(partial[i]) == needed[i]:
                     try:
-                        results[i] = self._finish(partial.pop(i), images[i][0], pix[i], cells)
+                        done = self._finish(partial.pop(i), working_images.pop(i, images[i][0]), pix[i], cells)
+                        if i in full_shape:  # labels back on the image's own grid
+                            done = tuple(upscale_labels(lab, full_shape[i]) for lab in done)
+                        results[i] = done
                     except Exception as exc:  # noqa: BLE001
                         if on_error == "raise":
                             raise

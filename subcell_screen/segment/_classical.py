@@ -4,6 +4,8 @@ Every length is given in µm and converted with the pixel size, so one set of de
 (20x, ~0.6 µm/px) and HPA (63x, ~0.08 µm/px) images. Images whose nuclei span more than
 ``working_diameter_px`` pixels (HPA-like magnifications) are segmented on a block-averaged copy and the
 labels are upsampled (nearest neighbour), which keeps the cost per site independent of magnification.
+``ClassicalParams.working_pixel_size_um`` (``[segmentation].working_pixel_size_um``) does the same at any
+chosen pixel size and real factor, first (:mod:`subcell_screen.segment._resample`).
 
 Nuclei
     1. Gaussian smoothing, σ = ``smooth_fraction`` x the nucleus diameter.
@@ -53,6 +55,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ._resample import downscale_image, downscale_labels, upscale_labels, working_pixel_size, working_shape
+
 logger = logging.getLogger(__name__)
 
 #: Robust SDs of background noise the foreground threshold must exceed.
@@ -96,6 +100,10 @@ class ClassicalParams:
         inside the foreground; small values let intensity edges decide the borders.
     working_diameter_px : float
         Nuclei spanning more pixels than this are segmented on a block-averaged image (0: never).
+    working_pixel_size_um : float or None
+        Segment at this pixel size (µm/px): finer images are area-averaged down to it and the labels brought
+        back to the image's grid by nearest neighbour (``[segmentation].working_pixel_size_um``; see
+        :mod:`subcell_screen.segment._resample`). None: at the image's own pixel size.
     cell_threshold_factor : float
         Multiplies every cell's foreground threshold (below 1: larger cells).
     cell_relative_threshold : float
@@ -121,6 +129,7 @@ class ClassicalParams:
     max_cell_radius_um: float = 40.0
     distance_weight: float = 1.0
     working_diameter_px: float = 48.0
+    working_pixel_size_um: float | None = None
     cell_threshold_factor: float = 1.0
     cell_relative_threshold: float = 0.5
     cell_min_threshold: float = 0.5
@@ -132,6 +141,9 @@ class ClassicalParams:
                 raise ValueError(f"classical segmentation parameter {name} must be > 0, got {getattr(self, name)}")
         if self.min_nucleus_area_um2 is not None and self.min_nucleus_area_um2 < 0:
             raise ValueError(f"min_nucleus_area_um2 must be >= 0, got {self.min_nucleus_area_um2}")
+        w = self.working_pixel_size_um
+        if w is not None and not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"working_pixel_size_um must be a positive number of µm per pixel, got {w}")
 
     def with_(self, **changes: object) -> ClassicalParams:
         """A copy with some fields changed (None values are ignored)."""
@@ -272,6 +284,13 @@ def classical_nuclei(image: np.ndarray, *, pixel_size_um: float,
     """
     params = params or ClassicalParams()
     img = _as_float(image, "nuclei image")
+    small_shape = working_shape(img.shape, pixel_size_um=pixel_size_um,
+                                working_pixel_size_um=params.working_pixel_size_um)
+    if small_shape is not None:
+        small = classical_nuclei(downscale_image(img, small_shape),
+                                 pixel_size_um=working_pixel_size(img.shape, small_shape, pixel_size_um=pixel_size_um),
+                                 params=replace(params, working_pixel_size_um=None))
+        return upscale_labels(small, img.shape)
     k = _working_factor(params, pixel_size_um)
     if k > 1:
         small = classical_nuclei(_block_mean(img, k), pixel_size_um=pixel_size_um * k,
@@ -416,6 +435,17 @@ def classical_cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, *, pixel_
         raise ValueError(f"nuclei image shape {np.shape(nuclei_image)} differs from the nucleus labels {nuclei.shape}")
     if not (nuclei > 0).any():
         return np.zeros(nuclei.shape, np.int32)
+    small_shape = working_shape(nuclei.shape, pixel_size_um=pixel_size_um,
+                                working_pixel_size_um=params.working_pixel_size_um)
+    if small_shape is not None:
+        small = classical_cells(
+            downscale_labels(nuclei, small_shape),
+            None if cyto_image is None else downscale_image(_as_float_stack(cyto_image), small_shape),
+            pixel_size_um=working_pixel_size(nuclei.shape, small_shape, pixel_size_um=pixel_size_um),
+            params=replace(params, working_pixel_size_um=None),
+            nuclei_image=None if nuclei_image is None else downscale_image(_as_float(nuclei_image, "nuclei image"),
+                                                                          small_shape))
+        return _keep_nuclei_inside(nuclei, upscale_labels(small, nuclei.shape))
     k = _working_factor(params, pixel_size_um)
     if k > 1:
         small_nuc = nuclei[k // 2::k, k // 2::k]  # nearest-neighbour downsampling keeps label ids
@@ -424,10 +454,20 @@ def classical_cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, *, pixel_
                 [_block_mean(c, k) for c in _cyto_channels(cyto_image)]),
             pixel_size_um=pixel_size_um * k, params=replace(params, working_diameter_px=0),
             nuclei_image=None if nuclei_image is None else _block_mean(_as_float(nuclei_image, "nuclei image"), k))
-        cells = _upsample_labels(small, k, nuclei.shape)
-        # full-resolution nuclei always lie inside their own cell
-        return np.where(nuclei > 0, nuclei, np.where(np.isin(cells, np.unique(nuclei)), cells, 0)).astype(np.int32)
+        return _keep_nuclei_inside(nuclei, _upsample_labels(small, k, nuclei.shape))
     return _cells(nuclei, cyto_image, pixel_size_um, params, nuclei_image)
+
+
+def _keep_nuclei_inside(nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Cells computed at a coarser grid, made to hold every full-resolution nucleus (cell k contains nucleus k)."""
+    return np.where(nuclei > 0, nuclei, np.where(np.isin(cells, np.unique(nuclei)), cells, 0)).astype(np.int32)
+
+
+def _as_float_stack(cyto_image: np.ndarray) -> np.ndarray:
+    """A (H, W) or (C, H, W) cytoplasm image as float32 with non-finite values zeroed (one array)."""
+    a = np.asarray(cyto_image)
+    return _as_float(a, "cytoplasm image") if a.ndim == 2 else np.stack(
+        [_as_float(c, "cytoplasm image") for c in a])
 
 
 def _cells(nuclei: np.ndarray, cyto_image: np.ndarray | None, pixel_size_um: float, params: ClassicalParams,
